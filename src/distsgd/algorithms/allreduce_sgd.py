@@ -1,0 +1,40 @@
+"""AllReduce-SGD: synchronous data-parallel mini-batch SGD (the baseline of every paper here).
+
+Every step each worker i computes a stochastic gradient g_i at the common model x; an
+all-reduce gives every worker ḡ = (1/n) Σ_i g_i, and all apply the same update
+
+    x ← x − γ · SGD-direction(ḡ)      (heavy-ball momentum μ, weight decay λ, as torch.optim.SGD)
+
+which equals single-worker SGD on the concatenation of the n mini-batches (Dekel et al.,
+"Optimal distributed online prediction using mini-batches", JMLR 2012; Goyal et al.,
+"Accurate, large minibatch SGD", 2017). Communication: one all-reduce of d values per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .base import check_hyper, sgd_direction
+
+
+@dataclass(frozen=True)
+class AllReduceSGD:
+    lr: float
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    nesterov: bool = False
+    name: str = "allreduce_sgd"
+
+    def __post_init__(self):
+        check_hyper(self.lr, self.momentum, self.weight_decay)
+
+    def init(self, x0, comm):
+        return {"x": x0.clone(), "momentum": None, "t": 0}
+
+    def step(self, state, oracle, comm):
+        x = state["x"]
+        g = comm.all_reduce_mean(oracle(x))
+        direction, buf = sgd_direction(
+            g, x, state["momentum"], self.momentum, self.weight_decay, self.nesterov
+        )
+        return {"x": x - self.lr * direction, "momentum": buf, "t": state["t"] + 1}

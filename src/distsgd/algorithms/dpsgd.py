@@ -1,0 +1,58 @@
+"""D-PSGD: decentralized parallel SGD over a gossip graph.
+
+Lian, Zhang, Zhang, Hsieh, Zhang, Liu, "Can Decentralized Algorithms Outperform
+Centralized Algorithms? A Case Study for Decentralized Parallel Stochastic Gradient
+Descent", NeurIPS 2017, Algorithm 1. With X = [x_1; …; x_n] and the mixing matrix W:
+
+    variant "paper" (Alg. 1):  X_{k+1} = W X_k − γ ∂F(X_k; ξ_k)
+        each worker averages its neighbours' models and applies the gradient it computed
+        at its own model before averaging (the two can overlap in time);
+    variant "atc" (adapt then combine):  X_{k+1} = W (X_k − γ ∂F(X_k; ξ_k))
+        the form of Koloskova et al., "A Unified Theory of Decentralized SGD", ICML 2020,
+        eq. (2); on the complete graph with W = 11ᵀ/n it is exactly AllReduce-SGD.
+
+Optional heavy-ball momentum and weight decay act on each worker's own gradient (local
+momentum, as in DSGDm). Communication per step: each worker sends its d values to every
+neighbour and receives theirs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..topology import Topology
+from .base import check_hyper, sgd_direction
+
+VARIANTS = ("paper", "atc")
+
+
+@dataclass(frozen=True)
+class DPSGD:
+    lr: float
+    topology: Topology
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    nesterov: bool = False
+    variant: str = "paper"
+    name: str = "dpsgd"
+
+    def __post_init__(self):
+        check_hyper(self.lr, self.momentum, self.weight_decay)
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+
+    def init(self, x0, comm):
+        if self.topology.n != comm.n:
+            raise ValueError(f"topology has {self.topology.n} nodes for {comm.n} workers")
+        return {"x": x0.clone(), "momentum": None, "t": 0}
+
+    def step(self, state, oracle, comm):
+        x = state["x"]
+        direction, buf = sgd_direction(
+            oracle(x), x, state["momentum"], self.momentum, self.weight_decay, self.nesterov
+        )
+        if self.variant == "paper":
+            x = comm.gossip(x, self.topology) - self.lr * direction
+        else:
+            x = comm.gossip(x - self.lr * direction, self.topology)
+        return {"x": x, "momentum": buf, "t": state["t"] + 1}

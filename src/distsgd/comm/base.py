@@ -1,0 +1,188 @@
+"""The Communicator protocol and the Traffic it records.
+
+Workers are stacked: a communicator serves the `m` workers held by this process, rows
+`workers = range(start, start + m)` of the global `n`. Cross-worker data moves only
+through these calls; each one adds to `Traffic` the bytes every worker sends and
+receives, its messages and the simulated seconds from the `NetworkModel`.
+
+Byte accounting (b = bytes of one worker's payload, e.g. 4·d for d float32 values):
+
+- all_reduce_mean, ring algorithm (reduce-scatter then all-gather, n−1 rounds each):
+  every worker sends and receives 2(n−1)/n · b in 2(n−1) messages;
+  time 2(n−1)·α + 2(n−1)/n · b/β.
+- all_gather, ring: every worker sends and receives (n−1)·b in n−1 messages;
+  time (n−1)·α + (n−1)·b/β.
+- gossip with mixing W: worker i sends b to each neighbour (W_ij ≠ 0, j ≠ i) and receives
+  b from each: deg_i·b each way, deg_i messages; time α + max_i deg_i·b/β (one interface,
+  neighbours served one after another).
+- exchange over disjoint pairs: each paired worker sends and receives b; time α + b/β.
+- gather_to_server: each worker sends b, the server receives n·b; time α + n·b/β_server.
+- broadcast_from_server: the server sends n·b, each worker receives b; time α + n·b/β_server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from ..topology import Topology
+from .network import ComputeClock, NetworkModel
+
+
+def payload_bytes(x: torch.Tensor) -> int:
+    """Bytes of one worker's row of a stacked tensor x[m, ...]."""
+    return x[0].numel() * x.element_size() if x.shape[0] else 0
+
+
+@dataclass
+class Traffic:
+    """Cumulative traffic of all n workers (and the server), plus the simulated clock.
+
+    Every process records all n workers' counters: they follow from the shapes of the
+    calls, which every process sees the same, so rank 0 reports them without a gather.
+    """
+
+    sent: torch.Tensor  # [n] float64 bytes
+    received: torch.Tensor  # [n] float64 bytes
+    messages: torch.Tensor  # [n] int64 messages sent
+    server_sent: float = 0.0
+    server_received: float = 0.0
+    comm_seconds: float = 0.0
+    compute_seconds: float = 0.0
+
+    @classmethod
+    def zeros(cls, n: int) -> Traffic:
+        return cls(
+            sent=torch.zeros(n, dtype=torch.float64),
+            received=torch.zeros(n, dtype=torch.float64),
+            messages=torch.zeros(n, dtype=torch.int64),
+        )
+
+    @property
+    def seconds(self) -> float:
+        """Simulated wall-clock: compute and communication, no overlap assumed."""
+        return self.comm_seconds + self.compute_seconds
+
+    def record(self, sent, received, messages, seconds: float) -> None:
+        self.sent += sent
+        self.received += received
+        self.messages += messages
+        self.comm_seconds += seconds
+
+    def summary(self) -> dict:
+        return {
+            "bytes_sent_per_worker": float(self.sent.mean()),
+            "bytes_sent_max_worker": float(self.sent.max()),
+            "bytes_received_per_worker": float(self.received.mean()),
+            "messages_per_worker": float(self.messages.double().mean()),
+            "server_bytes_received": self.server_received,
+            "server_bytes_sent": self.server_sent,
+            "sim_seconds": self.seconds,
+            "sim_comm_seconds": self.comm_seconds,
+            "sim_compute_seconds": self.compute_seconds,
+        }
+
+    def state_dict(self) -> dict:
+        return {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
+
+    def load_state_dict(self, s: dict) -> None:
+        for k, v in s.items():
+            setattr(self, k, v.clone() if isinstance(v, torch.Tensor) else v)
+
+
+class Communicator(Protocol):
+    n: int  # all workers
+    m: int  # workers held here
+    start: int  # global id of the first local worker
+    network: NetworkModel
+    traffic: Traffic
+    clock: ComputeClock
+
+    def all_reduce_mean(self, x: torch.Tensor) -> torch.Tensor: ...
+    def all_gather(self, x: torch.Tensor) -> torch.Tensor: ...
+    def gossip(self, x: torch.Tensor, topology: Topology) -> torch.Tensor: ...
+    def exchange(self, x: torch.Tensor, pairs: list[tuple[int, int]]) -> torch.Tensor: ...
+    def gather_to_server(self, x: torch.Tensor) -> torch.Tensor | None: ...
+    def broadcast_from_server(self, v: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor: ...
+    def average(self, x: torch.Tensor) -> torch.Tensor: ...
+    def compute(self) -> None: ...
+
+
+class CommunicatorBase:
+    """Shared bookkeeping: traffic formulas and the compute clock (see module docstring)."""
+
+    def __init__(self, n: int, m: int, start: int, network: NetworkModel | None = None):
+        self.n, self.m, self.start = n, m, start
+        self.network = network or NetworkModel()
+        self.traffic = Traffic.zeros(n)
+        self.clock = ComputeClock(self.network, n)
+
+    @property
+    def workers(self) -> range:
+        return range(self.start, self.start + self.m)
+
+    # -- traffic formulas -------------------------------------------------------------
+    def _record_all_reduce(self, b: int) -> None:
+        n = self.n
+        if n == 1:
+            return
+        per = 2 * (n - 1) / n * b
+        self.traffic.record(per, per, 2 * (n - 1), self.network.transfer_seconds(2 * (n - 1), per))
+
+    def _record_all_gather(self, b: int) -> None:
+        n = self.n
+        if n == 1:
+            return
+        per = (n - 1) * b
+        self.traffic.record(per, per, n - 1, self.network.transfer_seconds(n - 1, per))
+
+    def _record_gossip(self, b: int, topology: Topology) -> None:
+        if self.n == 1:
+            return
+        deg = _gossip_degrees(topology)
+        self.traffic.record(deg * b, deg * b, deg, self.network.transfer_seconds(1, float(deg.max()) * b))
+
+    def _record_exchange(self, b: int, pairs) -> None:
+        paired = torch.zeros(self.n, dtype=torch.int64)
+        for i, j in pairs:
+            paired[i] = paired[j] = 1
+        if paired.any():
+            self.traffic.record(paired * b, paired * b, paired, self.network.transfer_seconds(1, b))
+
+    def _record_gather(self, b: int) -> None:
+        t = self.traffic
+        t.record(float(b), 0.0, 1, self.network.transfer_seconds(1, self.n * b, server=True))
+        t.server_received += self.n * b
+
+    def _record_broadcast(self, b: int) -> None:
+        t = self.traffic
+        t.record(0.0, float(b), 0, self.network.transfer_seconds(1, self.n * b, server=True))
+        t.server_sent += self.n * b
+
+    # -- compute ----------------------------------------------------------------------
+    def compute(self) -> None:
+        """Every worker computes one gradient; a synchronous step waits for the slowest."""
+        self.traffic.compute_seconds += float(self.clock.gradient_seconds().max())
+
+    def state_dict(self) -> dict:
+        return {"traffic": self.traffic.state_dict(), "clock": self.clock.state_dict()}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.traffic.load_state_dict(s["traffic"])
+        self.clock.load_state_dict(s["clock"])
+
+
+def _gossip_degrees(topology: Topology) -> torch.Tensor:
+    w = topology.mixing
+    off = (w != 0) & ~torch.eye(w.shape[0], dtype=torch.bool)
+    return off.sum(1)
+
+
+def check_pairs(pairs, n: int) -> None:
+    seen = set()
+    for i, j in pairs:
+        if i == j or not (0 <= i < n and 0 <= j < n) or i in seen or j in seen:
+            raise ValueError(f"exchange pairs must be disjoint pairs of distinct workers: {pairs}")
+        seen.update((i, j))

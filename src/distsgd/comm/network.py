@@ -1,0 +1,90 @@
+"""Network and compute model that turns a step's messages into simulated seconds.
+
+Every worker has one full-duplex network interface of `bandwidth` bytes/s; a message costs
+`latency` seconds to start (the α–β model: T = α + bytes/β). A collective made of r
+rounds in which the busiest interface moves b bytes takes r·α + b/β; the communicator
+supplies r and the per-worker byte counts, so the formulas live beside the traffic they
+time (see `comm.base`). The parameter server, when an algorithm uses one, has its own
+interface of `server_bandwidth` (default: the workers').
+
+Compute: one stochastic gradient takes `compute_seconds / speed_i` on worker i. Speeds are
+homogeneous by default, or set per worker, or drawn once from a log-uniform range
+(heterogeneous cluster); stragglers come and go: at each gradient, each worker is slowed by
+`straggler_slowdown` with probability `straggler_prob`. A synchronous step waits for the
+slowest worker. All randomness draws from one seeded generator, saved in checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class NetworkModel:
+    latency: float = 50e-6  # α, seconds per message (per round)
+    bandwidth: float = 1.25e9  # β, bytes/s per worker interface (10 Gbit/s)
+    server_bandwidth: float | None = None
+    compute_seconds: float = 5e-3  # one mini-batch gradient on a speed-1 worker
+    speeds: tuple[float, ...] | None = None  # per-worker relative speed (1 = reference)
+    speed_range: tuple[float, float] | None = None  # draw speeds log-uniformly in [lo, hi]
+    straggler_prob: float = 0.0
+    straggler_slowdown: float = 4.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.latency < 0 or self.bandwidth <= 0 or self.compute_seconds < 0:
+            raise UserError("network: latency and compute_seconds must be >= 0, bandwidth > 0")
+        if self.server_bandwidth is not None and self.server_bandwidth <= 0:
+            raise UserError("network: server_bandwidth must be > 0")
+        if not 0.0 <= self.straggler_prob <= 1.0:
+            raise UserError("network: straggler_prob must be in [0, 1]")
+        if self.straggler_slowdown < 1.0:
+            raise UserError("network: straggler_slowdown must be >= 1")
+        if self.speeds is not None and any(s <= 0 for s in self.speeds):
+            raise UserError("network: every speed must be > 0")
+        if self.speed_range is not None and not 0 < self.speed_range[0] <= self.speed_range[1]:
+            raise UserError("network: speed_range must be 0 < lo <= hi")
+
+    def transfer_seconds(self, rounds: int, busiest_bytes: float, server: bool = False) -> float:
+        bw = (self.server_bandwidth or self.bandwidth) if server else self.bandwidth
+        return rounds * self.latency + busiest_bytes / bw
+
+
+class ComputeClock:
+    """Per-worker compute times under a NetworkModel, with a seeded straggler process."""
+
+    def __init__(self, model: NetworkModel, n: int):
+        self.model = model
+        self.n = n
+        self.generator = torch.Generator().manual_seed(model.seed)
+        if model.speeds is not None:
+            if len(model.speeds) != n:
+                raise UserError(f"network.speeds has {len(model.speeds)} entries for n={n} workers")
+            speeds = torch.tensor(model.speeds, dtype=torch.float64)
+        elif model.speed_range is not None:
+            lo, hi = model.speed_range
+            u = torch.rand(n, generator=self.generator, dtype=torch.float64)
+            speeds = torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
+        else:
+            speeds = torch.ones(n, dtype=torch.float64)
+        self.speeds = speeds
+
+    def gradient_seconds(self) -> torch.Tensor:
+        """Seconds each worker needs for its next gradient [n] (draws the stragglers)."""
+        t = self.model.compute_seconds / self.speeds
+        if self.model.straggler_prob > 0:
+            slow = torch.rand(self.n, generator=self.generator, dtype=torch.float64)
+            t = torch.where(slow < self.model.straggler_prob, t * self.model.straggler_slowdown, t)
+        return t
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "speeds": self.speeds.clone()}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.generator.set_state(s["generator"])
+        self.speeds = s["speeds"].clone()

@@ -1,0 +1,146 @@
+"""torch.distributed communicator: each process holds a contiguous slice of the n workers.
+
+Process r of a world of size P holds workers [r·m, (r+1)·m) with m = n / P. Collectives
+run over the process group (gloo on CPU, NCCL on GPU); gossip sends only the rows a
+neighbouring process needs, point to point. Traffic is recorded with the same formulas as
+the simulated communicator (`comm.base`), for all n workers on every process.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from ..errors import UserError
+from ..topology import Topology
+from .base import CommunicatorBase, check_pairs, payload_bytes
+from .network import NetworkModel
+
+
+class _GossipPlan:
+    """Which rows this process sends to and receives from every other process."""
+
+    def __init__(self, topology: Topology, rank: int, world: int, m: int):
+        w = topology.mixing
+        lo, hi = rank * m, (rank + 1) * m
+        rows = w[lo:hi]
+        self.cols = torch.nonzero(rows.abs().sum(0) > 0).flatten()  # needed workers
+        self.weights = rows[:, self.cols].to(torch.float32)  # [m, |cols|]
+        self.local_pos = [k for k, j in enumerate(self.cols.tolist()) if lo <= j < hi]
+        self.local_rows = [j - lo for j in self.cols.tolist() if lo <= j < hi]
+        self.recv: dict[int, tuple[list[int], list[int]]] = {}  # peer -> (positions, -)
+        self.send: dict[int, list[int]] = {}
+        for q in range(world):
+            if q == rank:
+                continue
+            qlo, qhi = q * m, (q + 1) * m
+            pos = [k for k, j in enumerate(self.cols.tolist()) if qlo <= j < qhi]
+            if pos:
+                self.recv[q] = pos
+            # rows of ours that q's workers mix with (W symmetric: the same support)
+            need = torch.nonzero(w[qlo:qhi, lo:hi].abs().sum(0) > 0).flatten().tolist()
+            if need:
+                self.send[q] = need
+
+
+class TorchDistCommunicator(CommunicatorBase):
+    def __init__(self, n: int, network: NetworkModel | None = None, group=None):
+        if not dist.is_initialized():
+            raise RuntimeError("torch.distributed is not initialized (run under torchrun)")
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world = dist.get_world_size(group)
+        if n % self.world:
+            raise UserError(f"workers.n={n} is not divisible by the world size {self.world}")
+        m = n // self.world
+        super().__init__(n, m, self.rank * m, network)
+        self._plans: dict[int, tuple[Topology, _GossipPlan]] = {}
+
+    def _sum(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.sum(0).contiguous()
+        dist.all_reduce(s, op=dist.ReduceOp.SUM, group=self.group)
+        return s
+
+    def all_reduce_mean(self, x: torch.Tensor) -> torch.Tensor:
+        self._record_all_reduce(payload_bytes(x))
+        return (self._sum(x) / self.n).unsqueeze(0).expand_as(x)
+
+    def all_gather(self, x: torch.Tensor) -> torch.Tensor:
+        self._record_all_gather(payload_bytes(x))
+        parts = [torch.empty_like(x) for _ in range(self.world)]
+        dist.all_gather(parts, x.contiguous(), group=self.group)
+        return torch.cat(parts)
+
+    def _plan(self, topology: Topology) -> _GossipPlan:
+        hit = self._plans.get(id(topology))
+        if hit is None or hit[0] is not topology:
+            hit = (topology, _GossipPlan(topology, self.rank, self.world, self.m))
+            self._plans[id(topology)] = hit
+        return hit[1]
+
+    def gossip(self, x: torch.Tensor, topology: Topology) -> torch.Tensor:
+        if topology.n != self.n:
+            raise ValueError(f"topology has {topology.n} nodes, communicator {self.n} workers")
+        self._record_gossip(payload_bytes(x), topology)
+        plan = self._plan(topology)
+        flat = x.reshape(self.m, -1)
+        buf = flat.new_empty(len(plan.cols), flat.shape[1])
+        buf[plan.local_pos] = flat[plan.local_rows]
+        reqs, incoming = [], []
+        for q, rows in plan.send.items():
+            reqs.append(dist.isend(flat[rows].contiguous(), q, group=self.group))
+        for q, pos in plan.recv.items():
+            t = flat.new_empty(len(pos), flat.shape[1])
+            reqs.append(dist.irecv(t, q, group=self.group))
+            incoming.append((pos, t))
+        for r in reqs:
+            r.wait()
+        for pos, t in incoming:
+            buf[pos] = t
+        return (plan.weights @ buf).reshape(x.shape)
+
+    def exchange(self, x: torch.Tensor, pairs: list[tuple[int, int]]) -> torch.Tensor:
+        check_pairs(pairs, self.n)
+        self._record_exchange(payload_bytes(x), pairs)
+        out = x.clone()
+        lo, hi = self.start, self.start + self.m
+        reqs, incoming = [], []
+        for a, b in pairs:
+            for mine, other in ((a, b), (b, a)):
+                if not lo <= mine < hi:
+                    continue
+                if lo <= other < hi:
+                    out[mine - lo] = x[other - lo]
+                    continue
+                peer = other // self.m
+                reqs.append(dist.isend(x[mine - lo].contiguous(), peer, group=self.group, tag=mine))
+                t = torch.empty_like(x[0])
+                reqs.append(dist.irecv(t, peer, group=self.group, tag=other))
+                incoming.append((mine - lo, t))
+        for r in reqs:
+            r.wait()
+        for k, t in incoming:
+            out[k] = t
+        return out
+
+    def gather_to_server(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Rank 0 acts as the server: it gets all n rows, the others get None."""
+        self._record_gather(payload_bytes(x))
+        parts = [torch.empty_like(x) for _ in range(self.world)] if self.rank == 0 else None
+        dist.gather(x.contiguous(), parts, dst=0, group=self.group)
+        return torch.cat(parts) if parts is not None else None
+
+    def broadcast_from_server(self, v: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+        buf = v.contiguous() if self.rank == 0 else torch.empty_like(like[0])
+        self._record_broadcast(buf.numel() * buf.element_size())
+        dist.broadcast(buf, src=0, group=self.group)
+        return buf.unsqueeze(0).expand(self.m, *buf.shape)
+
+    def average(self, x: torch.Tensor) -> torch.Tensor:
+        return self._sum(x) / self.n
+
+    def consensus_distance(self, x: torch.Tensor) -> float:
+        xbar = self.average(x)
+        s = (x - xbar).pow(2).sum(1).sum().reshape(1)
+        dist.all_reduce(s, group=self.group)
+        return float(s) / self.n

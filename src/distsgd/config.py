@@ -1,0 +1,194 @@
+"""Run configuration: a TOML file validated by pydantic, turned into task, algorithm, network.
+
+Every table rejects unknown keys; the first error becomes one line naming the field.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .algorithms import DPSGD, AllReduceSGD, LocalSGD
+from .comm.network import NetworkModel
+from .errors import UserError
+from .tasks import make_task
+from .topology import MIXINGS, TOPOLOGIES, make_topology
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskConfig(_Strict):
+    dataset: Literal["mnist1d", "digits", "logistic", "least_squares"] = "mnist1d"
+    model: Literal["linear", "mlp", "cnn1d"] = "mlp"
+    hidden: list[Annotated[int, Field(gt=0)]] = [100, 100]
+    partition: Literal["iid", "dirichlet", "labels", "natural"] | None = None
+    alpha: float = Field(0.5, gt=0)
+    labels_per_worker: int = Field(2, ge=1)
+    batch_size: int = Field(32, ge=1)
+    num_samples: int = Field(5000, ge=100)
+    samples_per_worker: int = Field(200, ge=1)
+    dim: int = Field(20, ge=1)
+    heterogeneity: float = Field(0.0, ge=0)
+
+
+class TopologyConfig(_Strict):
+    name: Literal[TOPOLOGIES] = "ring"  # type: ignore[valid-type]
+    mixing: Literal[MIXINGS] = "metropolis"  # type: ignore[valid-type]
+    degree: int = Field(4, ge=1)
+    p: float = Field(0.3, gt=0, le=1)
+    rows: int | None = Field(None, ge=1)
+
+
+class NetworkConfig(_Strict):
+    latency: float = Field(50e-6, ge=0)
+    bandwidth: float = Field(1.25e9, gt=0)
+    server_bandwidth: float | None = Field(None, gt=0)
+    compute_seconds: float = Field(5e-3, ge=0)
+    speeds: list[Annotated[float, Field(gt=0)]] | None = None
+    speed_range: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = None
+    straggler_prob: float = Field(0.0, ge=0, le=1)
+    straggler_slowdown: float = Field(4.0, ge=1)
+
+
+class _SGDConfig(_Strict):
+    lr: float = Field(gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    nesterov: bool = False
+
+
+class AllReduceConfig(_SGDConfig):
+    name: Literal["allreduce_sgd"]
+
+
+class LocalSGDConfig(_SGDConfig):
+    name: Literal["local_sgd"]
+    local_steps: int = Field(8, ge=1)
+    average_momentum: bool = False
+
+
+class DPSGDConfig(_SGDConfig):
+    name: Literal["dpsgd"]
+    variant: Literal["paper", "atc"] = "paper"
+
+
+AlgorithmConfig = Annotated[
+    AllReduceConfig | LocalSGDConfig | DPSGDConfig, Field(discriminator="name")
+]
+ALGORITHMS = ("allreduce_sgd", "local_sgd", "dpsgd")
+DECENTRALIZED = ("dpsgd",)
+
+
+class RunConfig(_Strict):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_.\-]+$")
+    seed: int = Field(0, ge=0)
+    n_workers: int = Field(16, ge=1, le=4096)
+    steps: int = Field(500, ge=1)
+    eval_every: int | None = Field(None, ge=1)
+    checkpoint_every: int | None = Field(None, ge=1)
+    out_dir: str = "runs"
+    task: TaskConfig = TaskConfig()
+    algorithm: AlgorithmConfig
+    topology: TopologyConfig = TopologyConfig()
+    network: NetworkConfig = NetworkConfig()
+
+    @model_validator(mode="after")
+    def _fits(self):
+        if self.network.speeds is not None and len(self.network.speeds) != self.n_workers:
+            raise ValueError(
+                f"network.speeds has {len(self.network.speeds)} entries for n_workers={self.n_workers}"
+            )
+        return self
+
+
+def _format_error(err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = [str(p) for p in e["loc"] if str(p) not in ALGORITHMS]
+    where = ".".join(loc) or "config"
+    msg = e["msg"]
+    if e["type"] == "union_tag_invalid":
+        msg = f"unknown algorithm {e['input'].get('name')!r} (choose from {', '.join(ALGORITHMS)})"
+        where = "algorithm.name"
+    elif e["type"] == "union_tag_not_found":
+        msg = f"missing 'name' (choose from {', '.join(ALGORITHMS)})"
+        where = "algorithm.name"
+    elif e["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif e["type"] == "missing":
+        msg = "required field is missing"
+    elif not isinstance(e.get("input"), dict | list):
+        msg = f"{msg} (got {e.get('input')!r})"
+    more = len(err.errors()) - 1
+    return f"{where}: {msg}" + (f" (and {more} more error{'s' * (more > 1)})" if more else "")
+
+
+def parse_config(data: dict, source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise UserError(f"{source}: {_format_error(err)}") from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {p}") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError, OSError) as e:
+        raise UserError(f"cannot read config file {p}: {e.__class__.__name__}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{p}: invalid TOML: {e}") from None
+    return parse_config(data, str(p))
+
+
+def build(cfg: RunConfig):
+    """(task, algorithm, network) for a validated config."""
+    t = cfg.task
+    task = make_task(
+        t.dataset,
+        n_workers=cfg.n_workers,
+        model=t.model,
+        hidden=tuple(t.hidden),
+        partition=t.partition,
+        alpha=t.alpha,
+        labels_per_worker=t.labels_per_worker,
+        batch_size=t.batch_size,
+        num_samples=t.num_samples,
+        samples_per_worker=t.samples_per_worker,
+        dim=t.dim,
+        heterogeneity=t.heterogeneity,
+        seed=cfg.seed,
+    )
+    a = cfg.algorithm
+    sgd = {"lr": a.lr, "momentum": a.momentum, "weight_decay": a.weight_decay, "nesterov": a.nesterov}
+    if isinstance(a, AllReduceConfig):
+        algorithm = AllReduceSGD(**sgd)
+    elif isinstance(a, LocalSGDConfig):
+        algorithm = LocalSGD(**sgd, local_steps=a.local_steps, average_momentum=a.average_momentum)
+    else:
+        tp = cfg.topology
+        topo = make_topology(
+            tp.name, cfg.n_workers, tp.mixing, degree=tp.degree, p=tp.p, rows=tp.rows, seed=cfg.seed
+        )
+        algorithm = DPSGD(**sgd, topology=topo, variant=a.variant)
+    nw = cfg.network
+    network = NetworkModel(
+        latency=nw.latency,
+        bandwidth=nw.bandwidth,
+        server_bandwidth=nw.server_bandwidth,
+        compute_seconds=nw.compute_seconds,
+        speeds=tuple(nw.speeds) if nw.speeds else None,
+        speed_range=tuple(nw.speed_range) if nw.speed_range else None,
+        straggler_prob=nw.straggler_prob,
+        straggler_slowdown=nw.straggler_slowdown,
+        seed=cfg.seed,
+    )
+    return task, algorithm, network

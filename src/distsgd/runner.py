@@ -1,0 +1,285 @@
+"""The training loop: step, evaluate, record, checkpoint, resume. Read it top to bottom.
+
+`train(task, algorithm, steps=...)` runs any algorithm on any communicator and returns the
+metrics. With a `run_dir` it also writes, as it goes:
+
+- metrics.jsonl and metrics.csv: one row every `eval_every` steps (and at the end);
+- checkpoint.pt every `checkpoint_every` steps, written to a temporary name and renamed,
+  holding everything needed to continue bit for bit: algorithm state, every worker's
+  sampler and generator, the network clock's generator and the traffic counters;
+- summary.json at the end.
+
+`resume=True` continues from the checkpoint in `run_dir`, dropping metric rows written
+after it. Under torch.distributed every rank runs this loop on its own slice of workers;
+rank 0 (the process holding worker 0) writes the files, each rank its own checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+
+import torch
+
+from .comm.base import Communicator
+from .comm.network import NetworkModel
+from .comm.simulated import SimulatedCommunicator
+from .errors import UserError
+from .tasks.task import Task
+from .topology import Topology
+from .workers import Workers
+
+METRIC_FIELDS = (
+    "step",
+    "epoch",
+    "batch_loss",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "consensus_distance",
+    "bytes_sent_per_worker",
+    "bytes_sent_max_worker",
+    "messages_per_worker",
+    "sim_seconds",
+    "wall_seconds",
+)
+
+
+@dataclass
+class RunResult:
+    metrics: list[dict]
+    summary: dict
+    state: dict
+    run_dir: Path | None = None
+    comm: Communicator | None = field(default=None, repr=False)
+
+    @property
+    def final(self) -> dict:
+        return self.metrics[-1] if self.metrics else {}
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_save(obj, path: Path) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    _atomic_write(path, buf.getvalue())
+
+
+def _csv_text(rows: list[dict]) -> str:
+    out = io.StringIO()
+    w = csv.DictWriter(out, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    return out.getvalue()
+
+
+def _describe(algorithm) -> dict:
+    """Hyperparameters for the summary; a topology is shown by its summary."""
+    if not is_dataclass(algorithm):
+        return {"name": getattr(algorithm, "name", type(algorithm).__name__)}
+    return {k: v.summary() if isinstance(v, Topology) else v for k, v in vars(algorithm).items()}
+
+
+class _Progress:
+    """A rich progress bar, or nothing."""
+
+    def __init__(self, enabled: bool, total: int, done: int, label: str):
+        self.bar = None
+        if enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn(f"[bold]{label}[/]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+            )
+            self.bar.start()
+            self.task = self.bar.add_task(label, total=total, completed=done, info="")
+
+    def update(self, step: int, info: str | None = None) -> None:
+        if self.bar is not None:
+            kw = {"info": info} if info is not None else {}
+            self.bar.update(self.task, completed=step, **kw)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def train(
+    task: Task,
+    algorithm,
+    *,
+    steps: int,
+    eval_every: int | None = None,
+    network: NetworkModel | None = None,
+    comm: Communicator | None = None,
+    seed: int = 0,
+    run_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+    stop_after: int | None = None,
+    progress: bool = False,
+    name: str | None = None,
+    config: dict | None = None,
+) -> RunResult:
+    """Train `task` with `algorithm` for `steps` steps; returns metrics, summary and state.
+
+    One step is one stochastic gradient per worker (plus whatever the algorithm sends), so
+    algorithms compare at equal computation. `stop_after` ends the run early as if it
+    were interrupted there (used to test resuming).
+    """
+    if steps < 1:
+        raise UserError(f"steps must be >= 1, got {steps}")
+    eval_every = eval_every or max(1, steps // 20)
+    comm = comm or SimulatedCommunicator(task.n, network)
+    if comm.n != task.n:
+        raise UserError(f"the task has {task.n} workers, the communicator {comm.n}")
+    writer = comm.start == 0
+    rank = comm.start // comm.m
+    name = name or getattr(algorithm, "name", "run")
+    out = Path(run_dir) if run_dir is not None else None
+    ckpt_path = out / (f"checkpoint-rank{rank}.pt" if comm.m != comm.n else "checkpoint.pt") if out else None
+
+    workers = Workers(task, seed=seed, start=comm.start, m=comm.m)
+    state = algorithm.init(workers.x0(), comm)
+    metrics: list[dict] = []
+    start_step, wall_offset = 0, 0.0
+    loss_sum = torch.zeros(comm.m, dtype=torch.float64)
+    loss_count = 0
+
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    if resume:
+        if ckpt_path is None or not ckpt_path.exists():
+            raise UserError(f"--resume: no checkpoint in {out}")
+        ck = torch.load(ckpt_path, weights_only=False)
+        if ck["n"] != task.n or ck["d"] != workers.d or ck["algorithm"] != name:
+            raise UserError(f"--resume: the checkpoint in {out} is for a different run")
+        state = ck["state"]
+        workers.load_state_dict(ck["workers"])
+        comm.load_state_dict(ck["comm"])
+        start_step, wall_offset = ck["step"], ck["wall_seconds"]
+        loss_sum, loss_count = ck["loss_sum"], ck["loss_count"]
+        if writer and (out / "metrics.jsonl").exists():
+            rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
+            metrics = [r for r in rows if r["step"] <= start_step]
+    if writer and out is not None:
+        _atomic_write(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in metrics).encode())
+        _atomic_write(out / "metrics.csv", _csv_text(metrics).encode())
+
+    def oracle(x: torch.Tensor) -> torch.Tensor:
+        nonlocal loss_sum, loss_count
+        g, loss = workers.gradients(x)
+        comm.compute()
+        loss_sum += loss.detach().double()
+        loss_count += 1
+        return g
+
+    samples_per_step = task.n * task.batch_size
+    train_size = len(task.dataset.y)
+    last = min(steps, stop_after) if stop_after is not None else steps
+    bar = _Progress(progress and writer, steps, start_step, name)
+    t0 = time.perf_counter()
+
+    def evaluate(step: int) -> dict:
+        nonlocal loss_sum, loss_count
+        x = state["x"]
+        xbar = comm.average(x)
+        consensus = comm.consensus_distance(x)
+        batch_loss = float(comm.average((loss_sum / max(loss_count, 1)).unsqueeze(1)))
+        loss_sum = torch.zeros_like(loss_sum)
+        loss_count = 0
+        row = {"step": step, "epoch": step * samples_per_step / train_size, "batch_loss": batch_loss}
+        if writer:
+            f = workers.outputs(xbar)
+            row.update(task.evaluate(f, "train"))
+            row.update(task.evaluate(f, "test"))
+        row["consensus_distance"] = consensus
+        traffic = comm.traffic.summary()
+        for k in ("bytes_sent_per_worker", "bytes_sent_max_worker", "messages_per_worker", "sim_seconds"):
+            row[k] = traffic[k]
+        row["wall_seconds"] = wall_offset + time.perf_counter() - t0
+        return row
+
+    try:
+        for t in range(start_step, last):
+            state = algorithm.step(state, oracle, comm)
+            step = t + 1
+            if step % eval_every == 0 or step == steps:
+                row = evaluate(step)
+                if not math.isfinite(row["batch_loss"]):
+                    row["diverged"] = True
+                metrics.append(row)
+                if writer and out is not None:
+                    with open(out / "metrics.jsonl", "a") as fh:
+                        fh.write(json.dumps(row) + "\n")
+                    _atomic_write(out / "metrics.csv", _csv_text(metrics).encode())
+                acc = row.get("test_acc")
+                bar.update(step, f"loss {row['batch_loss']:.3f}" + (f" acc {acc:.3f}" if acc is not None else ""))
+            else:
+                bar.update(step)
+            if ckpt_path is not None and checkpoint_every and step % checkpoint_every == 0:
+                _atomic_save(
+                    {
+                        "step": step,
+                        "n": task.n,
+                        "d": workers.d,
+                        "algorithm": name,
+                        "state": state,
+                        "workers": workers.state_dict(),
+                        "comm": comm.state_dict(),
+                        "wall_seconds": wall_offset + time.perf_counter() - t0,
+                        "loss_sum": loss_sum,
+                        "loss_count": loss_count,
+                    },
+                    ckpt_path,
+                )
+    finally:
+        bar.close()
+
+    summary = {
+        "name": name,
+        "steps": last,
+        "finished": last == steps,
+        "algorithm": _describe(algorithm),
+        "task": task.description,
+        "workers": task.n,
+        "parameters": workers.d,
+        "network": asdict(comm.network),
+        "traffic": comm.traffic.summary(),
+        "final": metrics[-1] if metrics else {},
+        "wall_seconds": wall_offset + time.perf_counter() - t0,
+        "seed": seed,
+    }
+    if config is not None:
+        summary["config"] = config
+    if writer and out is not None:
+        _atomic_write(out / "summary.json", json.dumps(summary, indent=2, default=str).encode())
+    return RunResult(metrics, summary, state, out, comm)

@@ -1,0 +1,143 @@
+"""Datasets generated or shipped offline: MNIST-1D, scikit-learn digits, synthetic regression.
+
+Each loader returns a `Dataset`: train and test tensors, the kind of target, and, for the
+synthetic sets whose workers differ by construction, the worker each training sample
+belongs to (`groups`, used by the "natural" partition).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+
+DATASETS = ("mnist1d", "digits", "logistic", "least_squares")
+
+
+@dataclass
+class Dataset:
+    name: str
+    x: torch.Tensor  # [N, features] float32
+    y: torch.Tensor  # [N] int64 class ids, or float32 targets for regression
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    kind: str  # "multiclass" | "binary" | "regression"
+    num_classes: int  # outputs of the model: classes, or 1 for binary and regression
+    groups: torch.Tensor | None = None  # [N] worker id for natural partitions
+
+    @property
+    def features(self) -> int:
+        return self.x.shape[1]
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("DISTSGD_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "distsgd"
+    )
+    return Path(root)
+
+
+def mnist1d(num_samples: int = 5000, seed: int = 42) -> Dataset:
+    """MNIST-1D (Greydanus 2020) made by the `mnist1d` package's generator, never downloaded.
+
+    The default arguments give the canonical 4000/1000 train/test split; the generated
+    arrays are cached on disk (the generator takes seconds), written atomically.
+    """
+    key = hashlib.sha1(f"mnist1d-{num_samples}-{seed}-v1".encode()).hexdigest()[:12]
+    path = _cache_dir() / f"mnist1d-{key}.npz"
+    if path.exists():
+        z = np.load(path)
+        arrays = {k: z[k] for k in ("x", "y", "x_test", "y_test")}
+    else:
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        args = get_dataset_args()
+        args.num_samples, args.seed = num_samples, seed
+        # the generator seeds numpy's and random's global state: keep the caller's
+        np_state, py_state = np.random.get_state(), random.getstate()
+        try:
+            d = make_dataset(args)
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+        arrays = {k: d[k] for k in ("x", "y", "x_test", "y_test")}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    return Dataset(
+        "mnist1d",
+        torch.tensor(arrays["x"], dtype=torch.float32),
+        torch.tensor(arrays["y"], dtype=torch.int64),
+        torch.tensor(arrays["x_test"], dtype=torch.float32),
+        torch.tensor(arrays["y_test"], dtype=torch.int64),
+        "multiclass",
+        10,
+    )
+
+
+def digits(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
+    """scikit-learn's 8×8 digits (1797 images, shipped with the package), standardized."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.data, dtype=torch.float32)
+    y = torch.tensor(d.target, dtype=torch.int64)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    n_test = int(len(y) * test_fraction)
+    test, train = perm[:n_test], perm[n_test:]
+    mu, sd = x[train].mean(0), x[train].std(0).clamp_min(1e-6)
+    x = (x - mu) / sd
+    return Dataset("digits", x[train], y[train], x[test], y[test], "multiclass", 10)
+
+
+def synthetic(
+    kind: str,
+    n_workers: int,
+    samples_per_worker: int = 200,
+    dim: int = 20,
+    heterogeneity: float = 0.0,
+    noise: float = 0.1,
+    test_samples: int = 2000,
+    seed: int = 0,
+) -> Dataset:
+    """Synthetic logistic or least-squares regression with worker-dependent data.
+
+    Worker i draws features a ~ N(ζ·μ_i, I) and targets from its own model
+    w_i = w* + ζ·δ_i, with w*, μ_i, δ_i random unit vectors and ζ = `heterogeneity`:
+    ζ = 0 gives i.i.d. workers, larger ζ makes their optima and inputs differ (the knob
+    of the "Synthetic(α, β)" family of Li et al., FedProx 2020, folded into one number).
+    Logistic: y = 1[a·w_i + noise > 0]; least squares: y = a·w_i + noise.
+    The test set mixes all workers equally (the global objective).
+    """
+    if kind not in ("logistic", "least_squares"):
+        raise UserError(f"unknown synthetic kind '{kind}'")
+    g = torch.Generator().manual_seed(seed)
+
+    def unit(*shape):
+        v = torch.randn(*shape, generator=g)
+        return v / v.norm(dim=-1, keepdim=True)
+
+    w_star = unit(dim)
+    w = w_star + heterogeneity * unit(n_workers, dim)
+    mu = heterogeneity * unit(n_workers, dim)
+
+    def draw(worker_ids: torch.Tensor):
+        a = mu[worker_ids] + torch.randn(len(worker_ids), dim, generator=g)
+        z = (a * w[worker_ids]).sum(1) + noise * torch.randn(len(worker_ids), generator=g)
+        y = (z > 0).float() if kind == "logistic" else z
+        return a, y
+
+    groups = torch.arange(n_workers).repeat_interleave(samples_per_worker)
+    x, y = draw(groups)
+    test_ids = torch.randint(0, n_workers, (test_samples,), generator=g)
+    x_test, y_test = draw(test_ids)
+    target = "binary" if kind == "logistic" else "regression"
+    return Dataset(kind, x, y, x_test, y_test, target, 1, groups=groups)

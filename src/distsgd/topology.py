@@ -1,0 +1,196 @@
+"""Communication graphs and their gossip (mixing) matrices.
+
+A mixing matrix W for n workers is symmetric and doubly stochastic (W = Wᵀ, W1 = 1) with
+W_ij > 0 only on the graph's edges and the diagonal, so one gossip round X ← W X keeps
+the workers' average. How fast gossip contracts the disagreement is governed by the
+spectral gap 1 − |λ₂(W)|, where |λ₂| is the second largest eigenvalue in magnitude
+(Boyd, Diaconis, Xiao, "Fastest mixing Markov chain on a graph", 2004; Lian et al. 2017
+use ρ = |λ₂|²-style quantities in the same role).
+
+Graphs come from networkx; the weights are ours:
+
+- Metropolis–Hastings: W_ij = 1 / (1 + max(deg_i, deg_j)) on edges, W_ii = 1 − Σ_j W_ij
+  (Xiao, Boyd, Kim 2007), doubly stochastic on any undirected graph;
+- uniform: W_ij = 1 / (1 + deg_max) on edges ("maximum-degree" weights), which on a
+  regular graph is the plain average over a worker and its neighbours, and on the
+  complete graph is 1/n everywhere (so gossip is an exact all-reduce mean).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import networkx as nx
+import numpy as np
+import torch
+
+from .errors import UserError
+
+TOPOLOGIES = (
+    "ring",
+    "torus",
+    "complete",
+    "star",
+    "hypercube",
+    "exponential",
+    "random_regular",
+    "erdos_renyi",
+)
+MIXINGS = ("metropolis", "uniform")
+
+
+def _torus_shape(n: int, rows: int | None) -> tuple[int, int]:
+    if rows is None:
+        rows = int(math.isqrt(n))
+        while n % rows:
+            rows -= 1
+    if rows < 1 or n % rows:
+        raise UserError(f"topology torus: {rows} rows do not divide n={n}")
+    cols = n // rows
+    if rows < 3 or cols < 3:
+        raise UserError(
+            f"topology torus: n={n} gives a {rows}x{cols} torus; both sides must be at least 3 "
+            "(use n with two factors >= 3, e.g. 9, 12, 16)"
+        )
+    return rows, cols
+
+
+def build_graph(
+    name: str,
+    n: int,
+    *,
+    degree: int = 4,
+    p: float = 0.3,
+    rows: int | None = None,
+    seed: int = 0,
+) -> nx.Graph:
+    """The undirected communication graph `name` on nodes 0..n-1 (worker ids).
+
+    ring (n ≥ 3), torus (R×C with R, C ≥ 3, R·C = n; `rows` picks R), complete, star (node 0
+    the hub), hypercube (n a power of two), exponential (i ~ i ± 2^k mod n, k = 0..⌊log₂(n−1)⌋,
+    the undirected version of the exponential graph of Assran et al. 2019), random_regular
+    (`degree`, seeded), erdos_renyi (edge probability `p`, seeded). A graph that is not
+    connected, or that does not fit n, is a UserError.
+    """
+    if n < 1:
+        raise UserError(f"topology {name}: n must be >= 1, got {n}")
+    if name not in TOPOLOGIES:
+        raise UserError(f"unknown topology '{name}' (choose from {', '.join(TOPOLOGIES)})")
+    if n == 1:
+        g = nx.empty_graph(1)
+        return g
+    if name == "ring":
+        if n < 3:
+            raise UserError(f"topology ring needs n >= 3 workers, got n={n}")
+        g = nx.cycle_graph(n)
+    elif name == "torus":
+        r, c = _torus_shape(n, rows)
+        g = nx.convert_node_labels_to_integers(
+            nx.grid_2d_graph(r, c, periodic=True), ordering="sorted"
+        )
+    elif name == "complete":
+        g = nx.complete_graph(n)
+    elif name == "star":
+        g = nx.star_graph(n - 1)
+    elif name == "hypercube":
+        k = n.bit_length() - 1
+        if 1 << k != n:
+            raise UserError(f"topology hypercube needs n a power of two, got n={n}")
+        g = nx.convert_node_labels_to_integers(nx.hypercube_graph(k), ordering="sorted")
+    elif name == "exponential":
+        g = nx.Graph()
+        g.add_nodes_from(range(n))
+        hop = 1
+        while hop < n:
+            for i in range(n):
+                j = (i + hop) % n
+                if j != i:
+                    g.add_edge(i, j)
+            hop *= 2
+    elif name == "random_regular":
+        if not 1 <= degree < n or (n * degree) % 2:
+            raise UserError(
+                f"topology random_regular: degree={degree} does not fit n={n} "
+                "(need 1 <= degree < n and n*degree even)"
+            )
+        g = nx.random_regular_graph(degree, n, seed=seed)
+    else:  # erdos_renyi
+        if not 0.0 < p <= 1.0:
+            raise UserError(f"topology erdos_renyi: p must be in (0, 1], got {p}")
+        g = nx.gnp_random_graph(n, p, seed=seed)
+    if not nx.is_connected(g):
+        raise UserError(
+            f"topology {name} with n={n} is not connected; gossip cannot reach consensus "
+            "(raise the degree or p, or change the seed)"
+        )
+    return g
+
+
+def mixing_matrix(graph: nx.Graph, kind: str = "metropolis") -> torch.Tensor:
+    """Symmetric doubly stochastic W [n, n] (float64) supported on `graph` plus the diagonal."""
+    if kind not in MIXINGS:
+        raise UserError(f"unknown mixing '{kind}' (choose from {', '.join(MIXINGS)})")
+    n = graph.number_of_nodes()
+    deg = np.array([graph.degree(i) for i in range(n)], dtype=np.float64)
+    w = np.zeros((n, n), dtype=np.float64)
+    dmax = deg.max() if n else 0.0
+    for i, j in graph.edges():
+        if i == j:
+            continue
+        wij = 1.0 / (1.0 + max(deg[i], deg[j])) if kind == "metropolis" else 1.0 / (1.0 + dmax)
+        w[i, j] = w[j, i] = wij
+    np.fill_diagonal(w, 1.0 - w.sum(axis=1))
+    return torch.from_numpy(w)
+
+
+def spectral_gap(w: torch.Tensor) -> float:
+    """1 − |λ₂(W)| for symmetric W: 1 for exact averaging, → 0 as gossip slows down."""
+    n = w.shape[0]
+    if n == 1:
+        return 1.0
+    ev = torch.linalg.eigvalsh(w.double()).abs().sort(descending=True).values
+    return float(1.0 - ev[1])
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A graph with its mixing matrix: what gossip algorithms and the communicator share."""
+
+    name: str
+    graph: nx.Graph
+    mixing: torch.Tensor  # [n, n] float64, symmetric, doubly stochastic
+    mixing_kind: str
+
+    @property
+    def n(self) -> int:
+        return self.mixing.shape[0]
+
+    @property
+    def spectral_gap(self) -> float:
+        return spectral_gap(self.mixing)
+
+    @property
+    def lambda_min(self) -> float:
+        return float(torch.linalg.eigvalsh(self.mixing).min())
+
+    def degrees(self) -> list[int]:
+        return [self.graph.degree(i) for i in range(self.n)]
+
+    def summary(self) -> dict:
+        return {
+            "topology": self.name,
+            "mixing": self.mixing_kind,
+            "n": self.n,
+            "edges": self.graph.number_of_edges(),
+            "max_degree": max(self.degrees()) if self.n > 1 else 0,
+            "spectral_gap": self.spectral_gap,
+        }
+
+
+def make_topology(
+    name: str, n: int, mixing: str = "metropolis", **graph_kwargs
+) -> Topology:
+    """Build graph and mixing matrix in one call, e.g. `make_topology("ring", 16)`."""
+    g = build_graph(name, n, **graph_kwargs)
+    return Topology(name=name, graph=g, mixing=mixing_matrix(g, mixing), mixing_kind=mixing)

@@ -1,0 +1,140 @@
+"""Stacked workers: one flat parameter row per worker, per-worker gradients in one call.
+
+`Flat` maps a module's parameters to offsets in a flat float32 vector, so the m local
+workers' parameters are one tensor x[m, d] and each layer is a view into its row.
+`Workers` draws every worker's next mini-batch from its own shard and returns all m
+stochastic gradients with one `torch.func.vmap(grad_and_value(loss))` over
+`functional_call`, the vectorized replacement for m separate models.
+
+Sampling is random reshuffling per worker: each worker walks a fresh permutation of its
+own shard, B samples a step, and reshuffles (dropping the remainder) when fewer than B
+are left, so every sample is seen once per local epoch. Worker i's permutations draw
+from its own generator, seeded from (seed, i): a process holding any slice of the
+workers draws exactly the batches the one-process simulation draws for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from .tasks.task import Task
+
+
+@dataclass(frozen=True)
+class Flat:
+    """Names, shapes and offsets of a module's parameters in one flat vector of length d."""
+
+    names: tuple[str, ...]
+    shapes: tuple[torch.Size, ...]
+    offsets: tuple[int, ...]
+    d: int
+
+    @classmethod
+    def from_module(cls, module: nn.Module) -> Flat:
+        names, shapes, offsets, off = [], [], [], 0
+        for name, p in module.named_parameters():
+            names.append(name)
+            shapes.append(p.shape)
+            offsets.append(off)
+            off += p.numel()
+        return cls(tuple(names), tuple(shapes), tuple(offsets), off)
+
+    def flatten(self, module: nn.Module) -> torch.Tensor:
+        params = dict(module.named_parameters())
+        return torch.cat([params[n].detach().reshape(-1) for n in self.names]).float()
+
+    def unflatten(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Views of one flat row x[d] shaped as the module's parameters."""
+        return {
+            name: x[off : off + shape.numel()].view(shape)
+            for name, shape, off in zip(self.names, self.shapes, self.offsets, strict=True)
+        }
+
+    def layer(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """The view of layer `name` in a stacked x[m, d]: [m, *shape]."""
+        k = self.names.index(name)
+        off, shape = self.offsets[k], self.shapes[k]
+        return x[:, off : off + shape.numel()].view(x.shape[0], *shape)
+
+
+def _worker_seed(seed: int, worker: int) -> int:
+    return (seed * 1_000_003 + worker * 7_919 + 17) % (2**63 - 1)
+
+
+class Workers:
+    """The m workers [start, start + m) of a task: batches, gradients and evaluation."""
+
+    def __init__(self, task: Task, seed: int = 0, start: int = 0, m: int | None = None):
+        self.task = task
+        self.start = start
+        self.m = task.n - start if m is None else m
+        self.batch_size = task.batch_size
+        self.flat = Flat.from_module(task.model)
+        self.model = task.model
+        ids = range(start, start + self.m)
+        self.shards = [task.shards[i] for i in ids]
+        self.sizes = torch.tensor([len(s) for s in self.shards])
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), self.sizes.cumsum(0)[:-1]])
+        self.generators = [torch.Generator().manual_seed(_worker_seed(seed, i)) for i in ids]
+        self.perm = torch.cat(self.shards).clone()
+        self.cursor = self.sizes.clone()  # exhausted: the first draw shuffles every shard
+        self._arange = torch.arange(self.batch_size)
+        loss = task.loss
+
+        def sample_loss(params, xb, yb):
+            return loss(functional_call(self.model, params, (xb,)), yb)
+
+        # Differentiate per layer, not through slices of the flat row: the backward of a
+        # slice writes a zero-filled [d] gradient per layer, which costs more than the model.
+        self._grad = vmap(grad_and_value(sample_loss))
+
+    @property
+    def d(self) -> int:
+        return self.flat.d
+
+    def x0(self) -> torch.Tensor:
+        """The common initial parameters, one row per local worker [m, d]."""
+        return self.flat.flatten(self.model).unsqueeze(0).repeat(self.m, 1)
+
+    def next_batch(self) -> torch.Tensor:
+        """Indices [m, B] of every local worker's next mini-batch."""
+        b = self.batch_size
+        for i in torch.nonzero(self.cursor + b > self.sizes).flatten().tolist():
+            lo, size = int(self.offsets[i]), int(self.sizes[i])
+            order = torch.randperm(size, generator=self.generators[i])
+            self.perm[lo : lo + size] = self.shards[i][order]
+            self.cursor[i] = 0
+        idx = self.perm[(self.offsets + self.cursor).unsqueeze(1) + self._arange]
+        self.cursor += b
+        return idx
+
+    def gradients(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One stochastic gradient per worker at its own row of x[m, d]: (g[m, d], loss[m])."""
+        idx = self.next_batch()
+        data = self.task.dataset
+        layers = {name: self.flat.layer(x, name) for name in self.flat.names}
+        grads, loss = self._grad(layers, data.x[idx], data.y[idx])
+        g = torch.cat([grads[name].reshape(self.m, -1) for name in self.flat.names], dim=1)
+        return g, loss
+
+    def outputs(self, p: torch.Tensor):
+        """The model with flat parameters p[d], as a function of a batch of inputs."""
+        params = self.flat.unflatten(p)
+        return lambda xb: functional_call(self.model, params, (xb,))
+
+    def state_dict(self) -> dict:
+        return {
+            "perm": self.perm.clone(),
+            "cursor": self.cursor.clone(),
+            "generators": [g.get_state() for g in self.generators],
+        }
+
+    def load_state_dict(self, s: dict) -> None:
+        self.perm = s["perm"].clone()
+        self.cursor = s["cursor"].clone()
+        for g, st in zip(self.generators, s["generators"], strict=True):
+            g.set_state(st)
