@@ -1,0 +1,70 @@
+"""Bodies of the multi-process tests (importable by spawned processes)."""
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _init(rank, world, port):
+    torch.set_num_threads(1)
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+
+
+def train_slice(rank, world, port, algo_name, out_path):
+    """Train 8 workers split over `world` processes; rank 0 saves all rows of x."""
+    from distsgd import DPSGD, AllReduceSGD, make_task, make_topology, train
+    from distsgd.comm.torchdist import TorchDistCommunicator
+
+    _init(rank, world, port)
+    try:
+        task = make_task("digits", n_workers=8, model="mlp", hidden=(16,), batch_size=8, seed=0)
+        if algo_name == "allreduce":
+            algo = AllReduceSGD(lr=0.1, momentum=0.9)
+        else:
+            algo = DPSGD(lr=0.1, momentum=0.9, topology=make_topology("ring", 8))
+        comm = TorchDistCommunicator(8)
+        res = train(task, algo, steps=20, eval_every=10, comm=comm, seed=3)
+        traffic = comm.traffic.summary()  # before the gather below adds its own traffic
+        x = comm.all_gather(res.state["x"])
+        if rank == 0:
+            torch.save({"x": x, "metrics": res.metrics, "traffic": traffic}, out_path)
+    finally:
+        dist.destroy_process_group()
+
+
+def primitives(rank, world, port, out_path):
+    """exchange, gather/broadcast, all_gather and gossip on a torus over `world` processes."""
+    from distsgd import make_topology
+    from distsgd.comm.torchdist import TorchDistCommunicator
+
+    _init(rank, world, port)
+    try:
+        n, d = 12, 5
+        comm = TorchDistCommunicator(n)
+        x_all = torch.arange(n * d, dtype=torch.float32).reshape(n, d) ** 1.5
+        x = x_all[comm.start : comm.start + comm.m]
+        topo = make_topology("exponential", n)
+        gathered = comm.gather_to_server(x)  # a collective: every rank calls it
+        server_value = gathered.sum(0) if gathered is not None else None
+        out = {
+            "gossip": comm.all_gather(comm.gossip(x, topo)),
+            "exchange": comm.all_gather(comm.exchange(x, [(0, 11), (1, 2), (5, 6)])),
+            "broadcast": comm.all_gather(comm.broadcast_from_server(server_value, like=x)),
+            "all_reduce": comm.all_gather(comm.all_reduce_mean(x)),
+            "traffic": comm.traffic.summary(),
+        }
+        if rank == 0:
+            torch.save(out, out_path)
+    finally:
+        dist.destroy_process_group()

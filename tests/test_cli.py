@@ -1,0 +1,111 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from distsgd.cli import main
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+GOOD = """
+name = "tiny"
+n_workers = 4
+steps = 30
+eval_every = 10
+checkpoint_every = 15
+[task]
+dataset = "digits"
+model = "linear"
+batch_size = 8
+[algorithm]
+name = "dpsgd"
+lr = 0.1
+[topology]
+name = "ring"
+"""
+
+
+def _write(tmp_path, text, name="cfg.toml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def _err(capsys):
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "edit,expected",
+    [
+        (('name = "dpsgd"', 'name = "adamw_sgd"'), "unknown algorithm 'adamw_sgd'"),
+        (("lr = 0.1", "lr = -0.1"), "algorithm.lr: Input should be greater than 0"),
+        (('name = "ring"', 'name = "moebius"'), "topology.name"),
+        (("n_workers = 4", "n_workers = 4\nbogus = 1"), "bogus: unknown key"),
+        (("batch_size = 8", "batch_size = 8\nmomentum = 0.9"), "task.momentum: unknown key"),
+        (("[topology]", "[topology"), "invalid TOML"),
+        (('name = "ring"', 'name = "torus"'), "2x2 torus"),  # does not fit n = 4
+        (("n_workers = 4", "n_workers = 0"), "n_workers: Input should be greater than or equal to 1"),
+        (("batch_size = 8", "batch_size = 900"), "fewer than batch_size=900"),
+    ],
+)
+def test_bad_configs_give_one_line_and_exit_2(tmp_path, capsys, edit, expected):
+    text = GOOD.replace(*edit)
+    code = main(["run", _write(tmp_path, text), "--out", str(tmp_path / "runs"), "--quiet"])
+    assert code == 2
+    line = _err(capsys)
+    assert line.startswith("distsgd: error: ") and expected in line, line
+    assert not (tmp_path / "runs" / "tiny" / "summary.json").exists()
+
+
+def test_unreadable_or_missing_file(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "nope.toml")]) == 2
+    assert "config file not found" in _err(capsys)
+    assert main(["run", str(tmp_path)]) == 2  # a directory
+    assert "cannot read config file" in _err(capsys)
+    p = tmp_path / "bin.toml"
+    p.write_bytes(b"\xff\xfe\x00garbage")
+    assert main(["run", str(p)]) == 2
+    assert "cannot read config file" in _err(capsys)
+
+
+def test_n_not_divisible_by_the_world_size(tmp_path):
+    cfg = _write(tmp_path, GOOD.replace("n_workers = 4", "n_workers = 6"))
+    env = {**os.environ, "WORLD_SIZE": "4", "RANK": "0"}
+    p = subprocess.run([sys.executable, "-m", "distsgd.cli", "run", cfg, "--backend", "torch"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.strip() == "distsgd: error: n_workers=6 is not divisible by the world size 4"
+
+
+def test_run_resume_and_plot(tmp_path, capsys):
+    cfg = _write(tmp_path, GOOD)
+    out = tmp_path / "runs"
+    assert main(["run", cfg, "--out", str(out), "--quiet"]) == 0
+    run_dir = out / "tiny"
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [10, 20, 30]
+    assert (run_dir / "checkpoint.pt").exists()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["algorithm"]["topology"]["spectral_gap"] > 0
+    assert main(["run", cfg, "--out", str(out), "--quiet", "--resume"]) == 0  # from step 30: no-op
+    assert main(["plot", str(run_dir), "-o", str(tmp_path / "p.png")]) == 0
+    assert (tmp_path / "p.png").stat().st_size > 10_000
+    assert main(["plot", str(tmp_path / "nothing")]) == 2
+    assert "no metrics.jsonl" in _err(capsys)
+    assert main(["run", _write(tmp_path, GOOD.replace("tiny", "other"), "o.toml"), "--resume"]) == 2
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.toml")))
+def test_example_configs_validate(path):
+    from distsgd.config import build, load_config
+
+    cfg = load_config(path)
+    task, algo, net = build(cfg)
+    assert task.n == cfg.n_workers

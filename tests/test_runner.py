@@ -1,0 +1,53 @@
+import json
+
+import torch
+
+from distsgd import DPSGD, LocalSGD, NetworkModel, make_topology, train
+from distsgd.tasks import make_task
+
+
+def _task():
+    return make_task("digits", n_workers=4, model="mlp", hidden=(16,), batch_size=8, seed=1)
+
+
+def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path):
+    task = _task()
+    topo = make_topology("ring", 4)
+    algo = DPSGD(lr=0.05, momentum=0.9, topology=topo)
+    net = NetworkModel(straggler_prob=0.3, seed=4)  # the clock's generator must resume too
+    full = train(task, algo, steps=100, eval_every=10, network=net, seed=7, run_dir=tmp_path / "full")
+    part_dir = tmp_path / "part"
+    train(task, algo, steps=100, eval_every=10, network=net, seed=7, run_dir=part_dir,
+          checkpoint_every=50, stop_after=60)  # dies at 60: rows 51..60 must be dropped
+    resumed = train(task, algo, steps=100, eval_every=10, network=net, seed=7, run_dir=part_dir,
+                    checkpoint_every=50, resume=True)
+    assert torch.equal(full.state["x"], resumed.state["x"])
+    assert torch.equal(full.state["momentum"], resumed.state["momentum"])
+    rows_full = [json.loads(x) for x in (tmp_path / "full/metrics.jsonl").read_text().splitlines()]
+    rows_res = [json.loads(x) for x in (part_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows_res] == [r["step"] for r in rows_full]
+    for a, b in zip(rows_full, rows_res, strict=True):
+        for k in a:
+            if k != "wall_seconds":
+                assert a[k] == b[k], k
+    summary = json.loads((part_dir / "summary.json").read_text())
+    assert summary["finished"] and summary["traffic"] == full.summary["traffic"]
+    assert (part_dir / "metrics.csv").read_text().count("\n") == 11  # header + 10 rows
+
+
+def test_metrics_report_traffic_time_and_accuracy(tmp_path):
+    task = _task()
+    res = train(task, LocalSGD(lr=0.1, local_steps=5), steps=40, eval_every=20, run_dir=tmp_path)
+    last = res.final
+    assert last["step"] == 40 and 0.0 <= last["test_acc"] <= 1.0
+    assert last["bytes_sent_per_worker"] == 8 * 2 * 3 / 4 * 4 * task.description["parameters"]
+    assert last["sim_seconds"] > 0 and last["consensus_distance"] == 0.0  # averaged at step 40
+    assert res.metrics[0]["consensus_distance"] == 0.0
+    assert (tmp_path / "summary.json").exists() and (tmp_path / "metrics.csv").exists()
+
+
+def test_training_reduces_the_loss():
+    task = _task()
+    res = train(task, DPSGD(lr=0.1, topology=make_topology("ring", 4)), steps=150, eval_every=50)
+    assert res.metrics[-1]["train_loss"] < 0.6 * res.metrics[0]["train_loss"]
+    assert res.metrics[-1]["test_acc"] > 0.8
