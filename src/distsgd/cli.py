@@ -38,6 +38,7 @@ def _cmd_run(args) -> int:
         progress=not args.quiet,
         name=cfg.name,
         config=cfg.model_dump(),
+        compile=cfg.compile,
     )
     if res.comm is not None and res.comm.start == 0 and not args.quiet:
         f = res.final

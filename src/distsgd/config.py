@@ -92,6 +92,7 @@ class RunConfig(_Strict):
     eval_every: int | None = Field(None, ge=1)
     checkpoint_every: int | None = Field(None, ge=1)
     out_dir: str = "runs"
+    compile: bool = False  # torch.compile the per-worker gradients (long runs)
     task: TaskConfig = TaskConfig()
     algorithm: AlgorithmConfig
     topology: TopologyConfig = TopologyConfig()

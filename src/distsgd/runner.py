@@ -148,12 +148,14 @@ def train(
     progress: bool = False,
     name: str | None = None,
     config: dict | None = None,
+    compile: bool = False,
 ) -> RunResult:
     """Train `task` with `algorithm` for `steps` steps; returns metrics, summary and state.
 
     One step is one stochastic gradient per worker (plus whatever the algorithm sends), so
     algorithms compare at equal computation. `stop_after` ends the run early as if it
-    were interrupted there (used to test resuming).
+    were interrupted there (used to test resuming). `compile` runs the per-worker gradient
+    through torch.compile (faster for long runs, ~25 s to compile first).
     """
     if steps < 1:
         raise UserError(f"steps must be >= 1, got {steps}")
@@ -167,7 +169,7 @@ def train(
     out = Path(run_dir) if run_dir is not None else None
     ckpt_path = out / (f"checkpoint-rank{rank}.pt" if comm.m != comm.n else "checkpoint.pt") if out else None
 
-    workers = Workers(task, seed=seed, start=comm.start, m=comm.m)
+    workers = Workers(task, seed=seed, start=comm.start, m=comm.m, compile=compile)
     state = algorithm.init(workers.x0(), comm)
     metrics: list[dict] = []
     start_step, wall_offset = 0, 0.0

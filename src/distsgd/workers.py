@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from ._alloc import tune_allocator
 from .tasks.task import Task
 
 
@@ -68,7 +69,10 @@ def _worker_seed(seed: int, worker: int) -> int:
 class Workers:
     """The m workers [start, start + m) of a task: batches, gradients and evaluation."""
 
-    def __init__(self, task: Task, seed: int = 0, start: int = 0, m: int | None = None):
+    def __init__(
+        self, task: Task, seed: int = 0, start: int = 0, m: int | None = None, compile: bool = False
+    ):
+        tune_allocator()
         self.task = task
         self.start = start
         self.m = task.n - start if m is None else m
@@ -91,6 +95,8 @@ class Workers:
         # Differentiate per layer, not through slices of the flat row: the backward of a
         # slice writes a zero-filled [d] gradient per layer, which costs more than the model.
         self._grad = vmap(grad_and_value(sample_loss))
+        if compile:  # inductor fuses the batched kernels: ~1.4x faster, ~25 s to compile
+            self._grad = torch.compile(self._grad, dynamic=False)
 
     @property
     def d(self) -> int:

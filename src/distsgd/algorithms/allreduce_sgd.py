@@ -33,7 +33,9 @@ class AllReduceSGD:
 
     def step(self, state, oracle, comm):
         x = state["x"]
-        g = comm.all_reduce_mean(oracle(x))
+        # every worker receives the same ḡ: keep one row [1, d] and let the update broadcast
+        # (the momentum buffer is then one row too, instead of m identical ones)
+        g = comm.all_reduce_mean(oracle(x))[:1]
         direction, buf = sgd_direction(
             g, x, state["momentum"], self.momentum, self.weight_decay, self.nesterov
         )
