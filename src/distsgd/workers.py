@@ -7,8 +7,8 @@ stochastic gradients with one `torch.func.vmap(grad_and_value(loss))` over
 `functional_call`, the vectorized replacement for m separate models.
 
 Sampling is random reshuffling per worker: each worker walks a fresh permutation of its
-own shard, B samples a step, and reshuffles (dropping the remainder) when fewer than B
-are left, so every sample is seen once per local epoch. Worker i's permutations draw
+own shard, B samples a step, and moves to a new permutation (dropping the remainder) when
+fewer than B are left, so every sample is seen at most once per local epoch. Worker i's permutations draw
 from its own generator, seeded from (seed, i): a process holding any slice of the
 workers draws exactly the batches the one-process simulation draws for them.
 """
@@ -62,6 +62,9 @@ class Flat:
         return x[:, off : off + shape.numel()].view(x.shape[0], *shape)
 
 
+REFILL_BATCHES = 16
+
+
 def _worker_seed(seed: int, worker: int) -> int:
     return (seed * 1_000_003 + worker * 7_919 + 17) % (2**63 - 1)
 
@@ -81,11 +84,18 @@ class Workers:
         self.model = task.model
         ids = range(start, start + self.m)
         self.shards = [task.shards[i] for i in ids]
-        self.sizes = torch.tensor([len(s) for s in self.shards])
-        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), self.sizes.cumsum(0)[:-1]])
         self.generators = [torch.Generator().manual_seed(_worker_seed(seed, i)) for i in ids]
-        self.perm = torch.cat(self.shards).clone()
-        self.cursor = self.sizes.clone()  # exhausted: the first draw shuffles every shard
+        b = self.batch_size
+        self.sizes = torch.tensor([len(s) for s in self.shards])
+        self.per_epoch = self.sizes // b  # batches per local epoch (the remainder is dropped)
+        # permutations are drawn REFILL_BATCHES batches' worth of epochs at a time, so the
+        # per-worker Python work happens once every few epochs rather than every epoch
+        self.epochs = (REFILL_BATCHES + self.per_epoch - 1) // self.per_epoch
+        lengths = self.epochs * self.sizes
+        self.base = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)[:-1]])
+        self.perm = torch.empty(int(lengths.sum()), dtype=torch.long)
+        self.capacity = self.epochs * self.per_epoch  # batches in a worker's buffer
+        self.taken = self.capacity.clone()  # all used up: the first draw fills every buffer
         self._arange = torch.arange(self.batch_size)
         loss = task.loss
 
@@ -108,15 +118,15 @@ class Workers:
 
     def next_batch(self) -> torch.Tensor:
         """Indices [m, B] of every local worker's next mini-batch."""
-        b = self.batch_size
-        for i in torch.nonzero(self.cursor + b > self.sizes).flatten().tolist():
-            lo, size = int(self.offsets[i]), int(self.sizes[i])
-            order = torch.randperm(size, generator=self.generators[i])
-            self.perm[lo : lo + size] = self.shards[i][order]
-            self.cursor[i] = 0
-        idx = self.perm[(self.offsets + self.cursor).unsqueeze(1) + self._arange]
-        self.cursor += b
-        return idx
+        for i in torch.nonzero(self.taken >= self.capacity).flatten().tolist():
+            size, epochs, lo = int(self.sizes[i]), int(self.epochs[i]), int(self.base[i])
+            keys = torch.rand(epochs, size, generator=self.generators[i])
+            self.perm[lo : lo + epochs * size] = self.shards[i][keys.argsort(dim=1)].reshape(-1)
+            self.taken[i] = 0
+        epoch, k = self.taken // self.per_epoch, self.taken % self.per_epoch
+        first = self.base + epoch * self.sizes + k * self.batch_size
+        self.taken += 1
+        return self.perm[first.unsqueeze(1) + self._arange]
 
     def gradients(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One stochastic gradient per worker at its own row of x[m, d]: (g[m, d], loss[m])."""
@@ -135,12 +145,12 @@ class Workers:
     def state_dict(self) -> dict:
         return {
             "perm": self.perm.clone(),
-            "cursor": self.cursor.clone(),
+            "taken": self.taken.clone(),
             "generators": [g.get_state() for g in self.generators],
         }
 
     def load_state_dict(self, s: dict) -> None:
         self.perm = s["perm"].clone()
-        self.cursor = s["cursor"].clone()
+        self.taken = s["taken"].clone()
         for g, st in zip(self.generators, s["generators"], strict=True):
             g.set_state(st)
