@@ -98,11 +98,13 @@ def bench(n: int, quick: bool, compiled: bool) -> dict:
         "floor_ms_per_step": t_floor * 1e3,
     }
     if t_comp is not None:
-        row.update({
-            "compiled_worker_steps_per_s": n / t_comp,
-            "compiled_speedup_vs_loop": t_loop / t_comp,
-            "compiled_time_vs_floor": t_comp / t_floor,
-        })
+        row.update(
+            {
+                "compiled_worker_steps_per_s": n / t_comp,
+                "compiled_speedup_vs_loop": t_loop / t_comp,
+                "compiled_time_vs_floor": t_comp / t_floor,
+            }
+        )
     return row
 
 
@@ -123,16 +125,34 @@ def main() -> None:
             "speedup_vs_loop_at_256": {"target": 10.0, "measured": loop_x, "met": loop_x >= 10.0},
             "time_vs_floor_at_256": {"target": 1.5, "measured": floor_x, "met": floor_x <= 1.5},
         }
-    path = write_result("sim_throughput", {"batch_per_worker": BATCH, "model": "mlp 40-100-100-10",
-                                           "algorithm": "allreduce_sgd", "rows": rows, "targets": targets})
-    print(f"{'n':>5} {'distsgd w-steps/s':>18} {'loop':>10} {'floor':>10} {'x loop':>8} {'/ floor':>8}"
-          f" {'compiled':>10} {'x loop':>8} {'/ floor':>8}")
+    path = write_result(
+        "sim_throughput",
+        {
+            "batch_per_worker": BATCH,
+            "model": "mlp 40-100-100-10",
+            "algorithm": "allreduce_sgd",
+            "rows": rows,
+            "targets": targets,
+        },
+    )
+    print(
+        f"{'n':>5} {'distsgd w-steps/s':>18} {'loop':>10} {'floor':>10} {'x loop':>8} {'/ floor':>8}"
+        f" {'compiled':>10} {'x loop':>8} {'/ floor':>8}"
+    )
     for r in rows:
-        comp = (f" {r['compiled_worker_steps_per_s']:>10.0f} {r['compiled_speedup_vs_loop']:>8.1f}"
-                f" {r['compiled_time_vs_floor']:>8.2f}") if "compiled_worker_steps_per_s" in r else ""
-        print(f"{r['n']:>5} {r['distsgd_worker_steps_per_s']:>18.0f} {r['loop_worker_steps_per_s']:>10.0f} "
-              f"{r['floor_worker_steps_per_s']:>10.0f} {r['speedup_vs_loop']:>8.1f} {r['time_vs_floor']:>8.2f}"
-              + comp)
+        comp = (
+            (
+                f" {r['compiled_worker_steps_per_s']:>10.0f} {r['compiled_speedup_vs_loop']:>8.1f}"
+                f" {r['compiled_time_vs_floor']:>8.2f}"
+            )
+            if "compiled_worker_steps_per_s" in r
+            else ""
+        )
+        print(
+            f"{r['n']:>5} {r['distsgd_worker_steps_per_s']:>18.0f} {r['loop_worker_steps_per_s']:>10.0f} "
+            f"{r['floor_worker_steps_per_s']:>10.0f} {r['speedup_vs_loop']:>8.1f} {r['time_vs_floor']:>8.2f}"
+            + comp
+        )
     if targets:
         for k, v in list(targets.items())[1:]:
             print(f"{k}: {v['measured']:.2f} (target {v['target']}) {'met' if v['met'] else 'NOT met'}")

@@ -20,7 +20,9 @@ def _oracle(workers, record):
 
 
 @pytest.mark.parametrize("momentum,wd,nesterov", [(0.0, 0.0, False), (0.9, 1e-3, False), (0.9, 0.0, True)])
-def test_allreduce_sgd_equals_single_worker_sgd_on_the_concatenated_batch(digits_task, momentum, wd, nesterov):
+def test_allreduce_sgd_equals_single_worker_sgd_on_the_concatenated_batch(
+    digits_task, momentum, wd, nesterov
+):
     n = digits_task.n
     w = Workers(digits_task, seed=3)
     comm = SimulatedCommunicator(n)

@@ -78,8 +78,13 @@ def test_unreadable_or_missing_file(tmp_path, capsys):
 def test_n_not_divisible_by_the_world_size(tmp_path):
     cfg = _write(tmp_path, GOOD.replace("n_workers = 4", "n_workers = 6"))
     env = {**os.environ, "WORLD_SIZE": "4", "RANK": "0"}
-    p = subprocess.run([sys.executable, "-m", "distsgd.cli", "run", cfg, "--backend", "torch"],
-                       capture_output=True, text=True, env=env, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "distsgd.cli", "run", cfg, "--backend", "torch"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert p.returncode == 2
     assert p.stderr.strip() == "distsgd: error: n_workers=6 is not divisible by the world size 4"
 

@@ -17,10 +17,28 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path):
     net = NetworkModel(straggler_prob=0.3, seed=4)  # the clock's generator must resume too
     full = train(task, algo, steps=100, eval_every=10, network=net, seed=7, run_dir=tmp_path / "full")
     part_dir = tmp_path / "part"
-    train(task, algo, steps=100, eval_every=10, network=net, seed=7, run_dir=part_dir,
-          checkpoint_every=50, stop_after=60)  # dies at 60: rows 51..60 must be dropped
-    resumed = train(task, algo, steps=100, eval_every=10, network=net, seed=7, run_dir=part_dir,
-                    checkpoint_every=50, resume=True)
+    train(
+        task,
+        algo,
+        steps=100,
+        eval_every=10,
+        network=net,
+        seed=7,
+        run_dir=part_dir,
+        checkpoint_every=50,
+        stop_after=60,
+    )  # dies at 60: rows 51..60 must be dropped
+    resumed = train(
+        task,
+        algo,
+        steps=100,
+        eval_every=10,
+        network=net,
+        seed=7,
+        run_dir=part_dir,
+        checkpoint_every=50,
+        resume=True,
+    )
     assert torch.equal(full.state["x"], resumed.state["x"])
     assert torch.equal(full.state["momentum"], resumed.state["momentum"])
     rows_full = [json.loads(x) for x in (tmp_path / "full/metrics.jsonl").read_text().splitlines()]

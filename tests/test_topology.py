@@ -25,8 +25,12 @@ topologies = st.sampled_from(
 
 
 @settings(max_examples=120, deadline=None)
-@given(name=topologies, n=st.integers(2, 64), mixing=st.sampled_from(["metropolis", "uniform"]),
-       seed=st.integers(0, 1000))
+@given(
+    name=topologies,
+    n=st.integers(2, 64),
+    mixing=st.sampled_from(["metropolis", "uniform"]),
+    seed=st.integers(0, 1000),
+)
 def test_mixing_is_symmetric_doubly_stochastic_on_the_graph(name, n, mixing, seed):
     kwargs = {"seed": seed, "degree": 2 if n >= 3 else 1, "p": 0.6}
     if not _valid(name, n):

@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 import torch.multiprocessing as mp
-
 from dist_helpers import free_port, primitives, train_slice
+
 from distsgd import DPSGD, AllReduceSGD, SimulatedCommunicator, make_task, make_topology, train
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
@@ -55,9 +55,23 @@ def test_cli_under_torchrun_matches_the_simulation(tmp_path):
         '[algorithm]\nname = "dpsgd"\nlr = 0.1\n'
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "distsgd.cli", "run", str(cfg), "--backend", "torch", "--quiet",
-           "--out", str(tmp_path / "dist")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "distsgd.cli",
+        "run",
+        str(cfg),
+        "--backend",
+        "torch",
+        "--quiet",
+        "--out",
+        str(tmp_path / "dist"),
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     from distsgd.cli import main

@@ -85,8 +85,12 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="train from a TOML config")
     r.add_argument("config")
     r.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
-    r.add_argument("--backend", choices=("sim", "torch"), default="sim",
-                   help="sim: all workers in this process; torch: torch.distributed under torchrun")
+    r.add_argument(
+        "--backend",
+        choices=("sim", "torch"),
+        default="sim",
+        help="sim: all workers in this process; torch: torch.distributed under torchrun",
+    )
     r.add_argument("--out", help="directory for runs (default: out_dir in the config)")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=_cmd_run)

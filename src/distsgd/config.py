@@ -77,9 +77,7 @@ class DPSGDConfig(_SGDConfig):
     variant: Literal["paper", "atc"] = "paper"
 
 
-AlgorithmConfig = Annotated[
-    AllReduceConfig | LocalSGDConfig | DPSGDConfig, Field(discriminator="name")
-]
+AlgorithmConfig = Annotated[AllReduceConfig | LocalSGDConfig | DPSGDConfig, Field(discriminator="name")]
 ALGORITHMS = ("allreduce_sgd", "local_sgd", "dpsgd")
 DECENTRALIZED = ("dpsgd",)
 

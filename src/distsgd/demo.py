@@ -28,7 +28,9 @@ def demo_configs(steps: int = 1500, n_workers: int = 16, out_dir: str = "runs/de
         # 1 Gbit/s links, 100 µs latency, 5 ms per gradient: a commodity cluster
         "network": {"bandwidth": 1.25e8, "latency": 1e-4, "compute_seconds": 5e-3},
     }
-    return [parse_config({**base, "name": name, "algorithm": algo}, "demo") for name, algo in DEMO_RUNS.items()]
+    return [
+        parse_config({**base, "name": name, "algorithm": algo}, "demo") for name, algo in DEMO_RUNS.items()
+    ]
 
 
 def run_demo(steps: int = 1500, n_workers: int = 16, out_dir: str = "runs/demo", progress: bool = True):
@@ -52,9 +54,12 @@ def run_demo(steps: int = 1500, n_workers: int = 16, out_dir: str = "runs/demo",
             config=cfg.model_dump(),
         )
         results.append(res)
-    table = Table(title=f"MNIST-1D 1D-CNN, {n_workers} simulated workers, {steps} steps (batch 32 per worker)")
-    for col in ("algorithm", "test acc", "test loss", "train loss", "MB sent / worker", "sim s", "wall s"):
-        table.add_column(col, justify="right" if col != "algorithm" else "left")
+    table = Table(
+        title=f"MNIST-1D 1D-CNN, {n_workers} simulated workers, {steps} steps (batch 32 per worker)"
+    )
+    table.add_column("algorithm", no_wrap=True, min_width=13)
+    for col in ("test acc", "test loss", "train loss", "MB sent / worker", "sim s", "wall s"):
+        table.add_column(col, justify="right")
     for r in results:
         f = r.final
         table.add_row(
@@ -67,8 +72,11 @@ def run_demo(steps: int = 1500, n_workers: int = 16, out_dir: str = "runs/demo",
             f"{r.summary['wall_seconds']:.1f}",
         )
     console.print(table)
-    plot = plot_runs([(r.summary["name"], r.metrics) for r in results], Path(out_dir) / "comparison.png",
-                     title="distsgd demo: MNIST-1D, 16 workers")
+    plot = plot_runs(
+        [(r.summary["name"], r.metrics) for r in results],
+        Path(out_dir) / "comparison.png",
+        title="distsgd demo: MNIST-1D, 16 workers",
+    )
     console.print(f"plot: {plot}   runs: {', '.join(str(r.run_dir) for r in results)}")
     return results
 

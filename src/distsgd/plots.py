@@ -8,7 +8,11 @@ from pathlib import Path
 
 from .errors import UserError
 
-PANELS = (("step", "steps"), ("bytes_sent_per_worker", "MB sent per worker"), ("sim_seconds", "simulated seconds"))
+PANELS = (
+    ("step", "steps"),
+    ("bytes_sent_per_worker", "MB sent per worker"),
+    ("sim_seconds", "simulated seconds"),
+)
 
 
 def read_run(run_dir: str | Path) -> tuple[str, list[dict]]:
@@ -42,7 +46,9 @@ def plot_runs(runs: list[tuple[str, list[dict]]], path: str | Path, title: str |
                 ax = axes[row_i][col]
                 ax.plot(xs, ys, label=name, marker="o" if len(rows) < 15 else None, ms=3)
                 ax.set_xlabel(xlabel)
-                ax.set_ylabel({"test_acc": "test accuracy", "test_loss": "test loss"}.get(ykey, "training loss"))
+                ax.set_ylabel(
+                    {"test_acc": "test accuracy", "test_loss": "test loss"}.get(ykey, "training loss")
+                )
                 if ykey == "train_loss":
                     ax.set_yscale("log")
                 if xkey == "bytes_sent_per_worker" and max(xs) > 0:

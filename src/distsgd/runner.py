@@ -244,7 +244,9 @@ def train(
                         fh.write(json.dumps(row) + "\n")
                     _atomic_write(out / "metrics.csv", _csv_text(metrics).encode())
                 acc = row.get("test_acc")
-                bar.update(step, f"loss {row['batch_loss']:.3f}" + (f" acc {acc:.3f}" if acc is not None else ""))
+                bar.update(
+                    step, f"loss {row['batch_loss']:.3f}" + (f" acc {acc:.3f}" if acc is not None else "")
+                )
             else:
                 bar.update(step)
             if ckpt_path is not None and checkpoint_every and step % checkpoint_every == 0:

@@ -86,9 +86,7 @@ def build_graph(
         g = nx.cycle_graph(n)
     elif name == "torus":
         r, c = _torus_shape(n, rows)
-        g = nx.convert_node_labels_to_integers(
-            nx.grid_2d_graph(r, c, periodic=True), ordering="sorted"
-        )
+        g = nx.convert_node_labels_to_integers(nx.grid_2d_graph(r, c, periodic=True), ordering="sorted")
     elif name == "complete":
         g = nx.complete_graph(n)
     elif name == "star":
@@ -188,9 +186,7 @@ class Topology:
         }
 
 
-def make_topology(
-    name: str, n: int, mixing: str = "metropolis", **graph_kwargs
-) -> Topology:
+def make_topology(name: str, n: int, mixing: str = "metropolis", **graph_kwargs) -> Topology:
     """Build graph and mixing matrix in one call, e.g. `make_topology("ring", 16)`."""
     g = build_graph(name, n, **graph_kwargs)
     return Topology(name=name, graph=g, mixing=mixing_matrix(g, mixing), mixing_kind=mixing)

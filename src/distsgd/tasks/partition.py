@@ -48,9 +48,7 @@ def dirichlet(
     )
 
 
-def labels_per_worker(
-    labels: torch.Tensor, n: int, k: int, generator: torch.Generator
-) -> list[torch.Tensor]:
+def labels_per_worker(labels: torch.Tensor, n: int, k: int, generator: torch.Generator) -> list[torch.Tensor]:
     """Pathological label skew with exactly k labels per worker: worker i holds classes
     {(i·k + j) mod C : j < k}, and each class's samples are split evenly among its holders."""
     classes = labels.unique().tolist()

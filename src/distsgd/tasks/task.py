@@ -44,9 +44,13 @@ class Task:
     @torch.no_grad()
     def evaluate(self, outputs_fn, split: str = "test", chunk: int = 4096) -> dict:
         """Loss (and accuracy for classification) of `outputs_fn(x_batch)` on a split."""
-        x, y = (self.dataset.x_test, self.dataset.y_test) if split == "test" else (
-            self.dataset.x,
-            self.dataset.y,
+        x, y = (
+            (self.dataset.x_test, self.dataset.y_test)
+            if split == "test"
+            else (
+                self.dataset.x,
+                self.dataset.y,
+            )
         )
         total, correct = 0.0, 0
         for lo in range(0, len(y), chunk):
@@ -94,9 +98,7 @@ def make_task(
     elif dataset == "digits":
         data = ds.digits(seed=seed)
     elif dataset in ("logistic", "least_squares"):
-        data = ds.synthetic(
-            dataset, n_workers, samples_per_worker, dim, heterogeneity, seed=seed
-        )
+        data = ds.synthetic(dataset, n_workers, samples_per_worker, dim, heterogeneity, seed=seed)
     else:
         raise UserError(f"unknown dataset '{dataset}' (choose from {', '.join(ds.DATASETS)})")
 
