@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distsgd import AllReduceSGD, DPSGD, SimulatedCommunicator, make_task, make_topology
+from distsgd import DPSGD, AllReduceSGD, SimulatedCommunicator, make_task, make_topology
 from distsgd.errors import UserError
 from distsgd.tasks import partition as part
 from distsgd.workers import Workers
