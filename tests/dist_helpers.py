@@ -68,3 +68,32 @@ def primitives(rank, world, port, out_path):
             torch.save(out, out_path)
     finally:
         dist.destroy_process_group()
+
+
+def schedules_vs_all_reduce(rank, world, port, out_path):
+    """Every schedule executed with point-to-point ops equals dist.all_reduce."""
+    from distsgd.collectives import build_schedule, make_interconnect
+    from distsgd.collectives.executor import ScheduleRunner
+
+    _init(rank, world, port)
+    try:
+        results = {}
+        g = torch.Generator().manual_seed(rank)
+        x = torch.randint(-1000, 1000, (1001,), generator=g).double()
+        ref = x.clone()
+        dist.all_reduce(ref)
+        for spec, algos in (
+            (f"switch:{world}", ["ring", "hd", "dbtree", "hierarchical", "multitree"]),
+            ("torus:2x2" if world == 4 else f"ring:{world}", ["ring2d", "multitree"]),
+        ):
+            net = make_interconnect(spec, nis=2)
+            for a in algos:
+                if a == "ring2d" and net.kind == "ring":
+                    continue
+                y = x.clone()
+                ScheduleRunner(build_schedule(a, net))(y)
+                results[f"{spec}/{a}"] = bool(torch.equal(y, ref))
+        if rank == 0:
+            torch.save(results, out_path)
+    finally:
+        dist.destroy_process_group()

@@ -85,3 +85,14 @@ def test_cli_under_torchrun_matches_the_simulation(tmp_path):
     for a, b in zip(*rows, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["bytes_sent_per_worker"] == b["bytes_sent_per_worker"]
+
+
+@pytest.mark.parametrize("world", [3, 4])
+def test_schedules_run_over_point_to_point_and_equal_all_reduce(tmp_path, world):
+    from dist_helpers import schedules_vs_all_reduce
+
+    out = tmp_path / "s.pt"
+    mp.spawn(schedules_vs_all_reduce, args=(world, free_port(), str(out)), nprocs=world, join=True)
+    results = torch.load(out)
+    assert len(results) >= 5
+    assert all(results.values()), results

@@ -79,6 +79,33 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_collectives(args) -> int:
+    import json
+
+    from .collectives import build_schedule, make_interconnect
+    from .collectives.report import compare, parse_size, parse_sizes, plot, print_table
+
+    net = make_interconnect(args.topology, bandwidth=args.bandwidth, latency=args.latency, nis=args.nis)
+    sizes = parse_sizes(args.sizes)
+    if not sizes:
+        raise UserError("--sizes is empty")
+    names = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+    if "ring" not in names:
+        names.insert(0, "ring")  # the baseline every speedup is measured against
+    schedules = {name: build_schedule(name, net) for name in names}
+    packet = parse_size(args.packet) if args.packet else None
+    rows = compare(net, schedules, sizes, packet, args.cut_through, lockstep=not args.dataflow)
+    print_table(net, rows)
+    if args.plot:
+        print(plot(net, rows, args.plot))
+    if args.json:
+        out = Path(args.json)
+        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"interconnect": net.summary(), "rows": rows}, indent=2))
+        os.replace(tmp, out)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="distsgd", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -104,6 +131,31 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_cmd_demo)
+    c = sub.add_parser("collectives", help="simulate all-reduce algorithms on an interconnect")
+    c.add_argument(
+        "--topology",
+        default="torus:4x4",
+        help="ring:N, mesh:RxC, torus:RxC, switch:N, fattree:K, bigraph:PxS",
+    )
+    c.add_argument(
+        "--algorithms",
+        default="ring,dbtree,ring2d,multitree",
+        help="comma list of ring, hd, dbtree, ring2d, hierarchical, multitree",
+    )
+    c.add_argument("--sizes", default="32KiB..64MiB", help="A..B (doubling) or a comma list")
+    c.add_argument("--bandwidth", type=float, default=16e9, help="bytes/s per link")
+    c.add_argument("--latency", type=float, default=150e-9, help="seconds per link")
+    c.add_argument("--nis", type=int, default=4, help="network interfaces per node")
+    c.add_argument("--packet", help="packet size (default: size/2048, at least 256B)")
+    c.add_argument("--cut-through", action="store_true", help="cut-through instead of store-and-forward")
+    c.add_argument(
+        "--dataflow",
+        action="store_true",
+        help="start each message when its data is ready (default: steps in lockstep)",
+    )
+    c.add_argument("--plot", default="collectives.png", help="where to write the plot ('' for none)")
+    c.add_argument("--json", help="also write the rows as JSON")
+    c.set_defaults(func=_cmd_collectives)
     return p
 
 

@@ -1,8 +1,8 @@
 """Collective algorithms lab: all-reduce schedules, interconnects, a network simulator.
 
-    net = make_interconnect("torus:8x8", bandwidth=16e9, latency=150e-9, nis=4)
-    sched = build_schedule("multitree", net)
-    simulate(sched, net, 64 * 2**20).seconds
+net = make_interconnect("torus:8x8", bandwidth=16e9, latency=150e-9, nis=4)
+sched = build_schedule("multitree", net)
+simulate(sched, net, 64 * 2**20).seconds
 """
 
 from __future__ import annotations

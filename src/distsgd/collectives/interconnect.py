@@ -1,9 +1,10 @@
 """Interconnects: which links exist, their bandwidth and latency, and how messages route.
 
 Vertices 0..n−1 are the compute nodes (accelerators); routers and switches come after.
-Every node reaches the network through one injection and one ejection link of
-`nis × bandwidth` (its network interfaces), so a node with one interface sends one
-packet stream at a time however many links its router has.
+Every node reaches the network through `nis` network interfaces, each one injection and
+one ejection link of the link bandwidth, so a node with one interface sends one packet
+stream at a time however many links its router has; the simulator spreads a node's
+messages over its interfaces round-robin (the MultiTree paper assigns NIs the same way).
 
 - direct networks (ring, mesh R×C, torus R×C): node i has its own router n + i; routers
   are joined by full-duplex links (one directed link each way); routing is
@@ -39,14 +40,19 @@ class Interconnect:
     shape: tuple[int, ...] = ()
     groups: list[list[int]] = field(default_factory=list)  # nodes sharing a switch / a row
     links: list[tuple[int, int, float, float]] = field(default_factory=list)  # (u, v, bw, lat)
-    _index: dict[tuple[int, int], int] = field(default_factory=dict, repr=False)
+    _index: dict[tuple[int, int], list[int]] = field(default_factory=dict, repr=False)
 
     def add_link(self, u: int, v: int, bw: float, lat: float) -> int:
-        self._index[(u, v)] = len(self.links)
+        k = len(self.links)
+        self._index.setdefault((u, v), []).append(k)
         self.links.append((u, v, bw, lat))
-        return self._index[(u, v)]
+        return k
 
     def link(self, u: int, v: int) -> int:
+        return self._index[(u, v)][0]
+
+    def parallel(self, u: int, v: int) -> list[int]:
+        """All links from u to v (a node's interfaces to its router or switch)."""
         return self._index[(u, v)]
 
     def has_link(self, u: int, v: int) -> bool:
@@ -62,17 +68,10 @@ class Interconnect:
 
     @cached_property
     def _attach(self) -> list[int]:
-        return [self.links[self.link_out(i)][1] for i in range(self.n)]
-
-    def link_out(self, node: int) -> int:
-        return self._out[node]
-
-    @cached_property
-    def _out(self) -> list[int]:
         out = [-1] * self.n
-        for k, (u, _v, _bw, _lat) in enumerate(self.links):
+        for u, v, _bw, _lat in self.links:
             if u < self.n:
-                out[u] = k
+                out[u] = v
         return out
 
     @cached_property
@@ -89,7 +88,7 @@ class Interconnect:
     def injection_bandwidth(self, node: int) -> float:
         """What node can push into the network per second: its interfaces, capped by its
         router's outgoing network links on a direct network."""
-        bw = self.links[self.link_out(node)][2]
+        bw = sum(self.links[k][2] for k in self.parallel(node, self.attach(node)))
         if self.direct:
             r = self.n + node
             out = sum(b for (u, v, b, _) in self.links if u == r and v >= self.n)
@@ -177,11 +176,13 @@ class Interconnect:
 
 def _direct(kind: str, rows: int, cols: int, bw: float, lat: float, nis: int) -> Interconnect:
     n = rows * cols
-    net = Interconnect(f"{kind}:{rows}x{cols}" if kind != "ring" else f"ring:{n}", kind, n, 2 * n, bw, lat,
-                       nis, (rows, cols))
+    net = Interconnect(
+        f"{kind}:{rows}x{cols}" if kind != "ring" else f"ring:{n}", kind, n, 2 * n, bw, lat, nis, (rows, cols)
+    )
     for i in range(n):
-        net.add_link(i, n + i, nis * bw, 0.0)
-        net.add_link(n + i, i, nis * bw, 0.0)
+        for _ in range(nis):
+            net.add_link(i, n + i, bw, 0.0)
+            net.add_link(n + i, i, bw, 0.0)
     wrap = kind in ("torus", "ring")
     for r in range(rows):
         for c in range(cols):
@@ -206,8 +207,9 @@ def _switched(kind: str, per_switch: int, switches: int, bw: float, lat: float, 
     net = Interconnect(name, kind, n, n + switches + spines, bw, lat, nis, (per_switch, switches))
     for i in range(n):
         s = n + i // per_switch
-        net.add_link(i, s, nis * bw, lat)
-        net.add_link(s, i, nis * bw, lat)
+        for _ in range(nis):
+            net.add_link(i, s, bw, lat)
+            net.add_link(s, i, bw, lat)
     leaf = [n + k for k in range(switches)]
     if kind == "fattree":
         for a in leaf:
@@ -225,7 +227,9 @@ def _switched(kind: str, per_switch: int, switches: int, bw: float, lat: float, 
     return net
 
 
-def make_interconnect(spec: str, bandwidth: float = 16e9, latency: float = 150e-9, nis: int = 1) -> Interconnect:
+def make_interconnect(
+    spec: str, bandwidth: float = 16e9, latency: float = 150e-9, nis: int = 1
+) -> Interconnect:
     """Parse `ring:N`, `mesh:RxC`, `torus:RxC`, `switch:N`, `fattree:K` (K-ary two-level:
     K leaves of K nodes, K spines), `bigraph:PxS` (S switches of P nodes, two groups of
     S/2 switches, complete bipartite between the groups)."""

@@ -60,7 +60,9 @@ def build_trees(net: Interconnect, slots: int | None = None):
             for r in range(n):
                 if len(members[r]) == n:
                     continue
-                if _grow(net, r, frozen[r], in_tree[r], candidates, routes, used, send, recv, members, edges, t):
+                if _grow(
+                    net, r, frozen[r], in_tree[r], candidates, routes, used, send, recv, members, edges, t
+                ):
                     grew = True
                     step_edges += 1
         if step_edges == 0:  # cannot happen on a connected network with slots >= 1

@@ -9,7 +9,11 @@ before the previous link has finished plus the latency.
 
 A message enters the network when the data it carries is complete: when every
 earlier-step message into its source that overlaps its chunk range has been delivered.
-The result is the time the last message is delivered.
+With `lockstep` (the default, as the MultiTree paper runs every algorithm) it also waits
+until every message of the previous step has been delivered: the schedule's steps are
+then executed as built, and a contention-free schedule stays contention-free. Without
+it (dataflow) messages start as early as their data allows, and messages of different
+steps may collide. The result is the time the last message is delivered.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ def simulate(
     size_bytes: float,
     packet_bytes: float = 4096,
     cut_through: bool = False,
+    lockstep: bool = True,
 ) -> SimResult:
     t_wall = time.perf_counter()
     msgs = schedule.messages
@@ -70,17 +75,39 @@ def simulate(
     bw_l, lat_l = bw.tolist(), lat.tolist()
     route_cache: dict[tuple[int, int], list[int]] = {}
     routes = []
-    for m in msgs:
+    sent = [0] * net.n  # messages so far per node: interfaces are taken round-robin
+    got = [0] * net.n
+    for k in sorted(range(len(msgs)), key=lambda k: (msgs[k].step, k)):
+        m = msgs[k]
         key = (m.src, m.dst)
         if key not in route_cache:
             route_cache[key] = net.route(m.src, m.dst)
-        routes.append(route_cache[key])
+        route = list(route_cache[key])
+        if route:
+            outs = net.parallel(m.src, net.attach(m.src))
+            ins = net.parallel(net.attach(m.dst), m.dst)
+            route[0] = outs[sent[m.src] % len(outs)]
+            route[-1] = ins[got[m.dst] % len(ins)]
+            sent[m.src] += 1
+            got[m.dst] += 1
+        routes.append((k, route))
+    routes = [r for _, r in sorted(routes)]
     deps = dependencies(schedule)
     waiting = [len(d) for d in deps]
     dependents: list[list[int]] = [[] for _ in msgs]
     for i, d in enumerate(deps):
         for j in d:
             dependents[j].append(i)
+    by_step: dict[int, list[int]] = {}
+    for i, m in enumerate(msgs):
+        by_step.setdefault(m.step, []).append(i)
+    steps = sorted(by_step)
+    next_step = dict(zip(steps, steps[1:], strict=False))
+    step_left = {s: len(v) for s, v in by_step.items()}
+    if lockstep:
+        for s in steps[1:]:
+            for i in by_step[s]:
+                waiting[i] += 1  # the barrier of the step before
     free = [0.0] * len(net.links)
     left = [0] * len(msgs)  # packets not yet delivered
     heap: list = []
@@ -112,13 +139,21 @@ def simulate(
             seq += 1
         free[link] = t
 
+    def release(j: int, now: float) -> None:
+        waiting[j] -= 1
+        if waiting[j] == 0:
+            inject(j, now)
+
     def complete(i: int, now: float) -> None:
         nonlocal finish
         finish = max(finish, now)
         for j in dependents[i]:
-            waiting[j] -= 1
-            if waiting[j] == 0:
-                inject(j, now)
+            release(j, now)
+        s = msgs[i].step
+        step_left[s] -= 1
+        if lockstep and step_left[s] == 0 and s in next_step:
+            for j in by_step[next_step[s]]:
+                release(j, now)
 
     for i in range(len(msgs)):
         if waiting[i] == 0:
