@@ -61,7 +61,7 @@ def test_multitree_never_uses_a_directed_link_twice_in_a_step(spec, nis):
     per_step: dict[int, list[int]] = {}
     sends: dict[tuple[int, int], int] = {}
     recvs: dict[tuple[int, int], int] = {}
-    for tree, child, parent, t in edges:
+    for _tree, child, parent, t in edges:
         for k in net.route(parent, child):
             u, v = net.links[k][:2]
             if u >= net.n and v >= net.n:  # network links (not the node's own interfaces)
