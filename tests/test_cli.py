@@ -114,3 +114,47 @@ def test_example_configs_validate(path):
     cfg = load_config(path)
     task, algo, net = build(cfg)
     assert task.n == cfg.n_workers
+
+
+def test_collectives_command(tmp_path, capsys):
+    png, js = tmp_path / "c.png", tmp_path / "c.json"
+    code = main(
+        [
+            "collectives",
+            "--topology",
+            "torus:4x4",
+            "--algorithms",
+            "ring2d,multitree",
+            "--sizes",
+            "64KiB..256KiB",
+            "--plot",
+            str(png),
+            "--json",
+            str(js),
+        ]
+    )
+    assert code == 0
+    rows = json.loads(js.read_text())["rows"]
+    assert {r["algorithm"] for r in rows} == {"ring", "ring2d", "multitree"}  # ring added as baseline
+    assert [r["size"] for r in rows if r["algorithm"] == "ring"] == [65536, 131072, 262144]
+    assert all(r["ratio_to_bound"] >= 1 for r in rows) and png.stat().st_size > 10_000
+    out = capsys.readouterr().out
+    assert "multitree" in out and "x bound" in out
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--topology", "torus:4"], "bad topology"),
+        (["--topology", "hypertorus:4x4"], "bad topology"),
+        (["--sizes", "64MiB..1KiB"], "first size is larger"),
+        (["--sizes", "12 parsecs"], "bad size"),
+        (["--algorithms", "ring,butterfly"], "unknown all-reduce algorithm 'butterfly'"),
+        (["--topology", "switch:8", "--algorithms", "ring2d"], "ring2d needs a mesh or torus"),
+    ],
+)
+def test_collectives_errors(tmp_path, capsys, args, expected):
+    assert main(["collectives", "--plot", str(tmp_path / "x.png"), *args]) == 2
+    line = _err(capsys)
+    assert expected in line, line
+    assert not (tmp_path / "x.png").exists()

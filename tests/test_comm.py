@@ -62,3 +62,38 @@ def test_compute_clock_waits_for_the_slowest_and_stragglers_are_seeded():
         b.compute()
     assert a.traffic.compute_seconds == b.traffic.compute_seconds
     assert a.traffic.compute_seconds > 20 * 5e-3  # some steps straggled
+
+
+def test_all_reduce_time_can_come_from_the_collectives_simulator():
+    from distsgd.collectives import build_schedule, make_interconnect, simulate
+    from distsgd.collectives.report import packet_for
+
+    n, d = 16, 5000
+    net = NetworkModel(latency=150e-9, bandwidth=16e9, interconnect="torus:4x4", allreduce="multitree", nis=4)
+    comm = SimulatedCommunicator(n, net)
+    comm.all_reduce_mean(torch.randn(n, d))
+    inter = make_interconnect("torus:4x4", bandwidth=16e9, latency=150e-9, nis=4)
+    expected = simulate(
+        build_schedule("multitree", inter), inter, 4 * d, packet_bytes=packet_for(4 * d, None)
+    )
+    assert comm.traffic.comm_seconds == pytest.approx(expected.seconds)
+    # on average a node sends 2(n−1)/n of the vector, like the ring (each node forwards one
+    # chunk up every other tree; the downward fan-out differs from node to node)
+    assert float(comm.traffic.sent.mean()) == pytest.approx(2 * (n - 1) / n * 4 * d)
+    assert comm.traffic.sent.std() > 0
+    assert torch.equal(comm.traffic.sent.sum(), comm.traffic.received.sum())
+    ring = SimulatedCommunicator(
+        n, NetworkModel(latency=150e-9, bandwidth=16e9, interconnect="torus:4x4", nis=4)
+    )
+    ring.all_reduce_mean(torch.randn(n, d))
+    assert ring.traffic.comm_seconds > 1.5 * comm.traffic.comm_seconds
+
+
+def test_interconnect_must_fit_the_workers():
+    from distsgd.errors import UserError
+
+    comm = SimulatedCommunicator(8, NetworkModel(interconnect="torus:4x4"))
+    with pytest.raises(UserError, match="has 16 nodes"):
+        comm.all_reduce_mean(torch.randn(8, 10))
+    with pytest.raises(UserError, match="bad topology"):
+        NetworkModel(interconnect="donut:3")

@@ -53,6 +53,9 @@ class NetworkConfig(_Strict):
     speed_range: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = None
     straggler_prob: float = Field(0.0, ge=0, le=1)
     straggler_slowdown: float = Field(4.0, ge=1)
+    interconnect: str | None = None  # e.g. "torus:4x4": all-reduce time from the packet simulator
+    allreduce: Literal["ring", "hd", "dbtree", "ring2d", "hierarchical", "multitree"] = "ring"
+    nis: int = Field(1, ge=1)
 
 
 class _SGDConfig(_Strict):
@@ -189,5 +192,8 @@ def build(cfg: RunConfig):
         straggler_prob=nw.straggler_prob,
         straggler_slowdown=nw.straggler_slowdown,
         seed=cfg.seed,
+        interconnect=nw.interconnect,
+        allreduce=nw.allreduce,
+        nis=nw.nis,
     )
     return task, algorithm, network

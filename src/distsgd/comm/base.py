@@ -9,7 +9,8 @@ Byte accounting (b = bytes of one worker's payload, e.g. 4·d for d float32 valu
 
 - all_reduce_mean, ring algorithm (reduce-scatter then all-gather, n−1 rounds each):
   every worker sends and receives 2(n−1)/n · b in 2(n−1) messages;
-  time 2(n−1)·α + 2(n−1)/n · b/β.
+  time 2(n−1)·α + 2(n−1)/n · b/β. With `NetworkModel.interconnect` set, bytes, messages
+  and time come from the chosen schedule on the packet simulator instead.
 - all_gather, ring: every worker sends and receives (n−1)·b in n−1 messages;
   time (n−1)·α + (n−1)·b/β.
 - gossip with mixing W: worker i sends b to each neighbour (W_ij ≠ 0, j ≠ i) and receives
@@ -125,11 +126,10 @@ class CommunicatorBase:
 
     # -- traffic formulas -------------------------------------------------------------
     def _record_all_reduce(self, b: int) -> None:
-        n = self.n
-        if n == 1:
+        if self.n == 1:
             return
-        per = 2 * (n - 1) / n * b
-        self.traffic.record(per, per, 2 * (n - 1), self.network.transfer_seconds(2 * (n - 1), per))
+        sent, received, messages, seconds = self.network.all_reduce_cost(self.n, b)
+        self.traffic.record(sent, received, messages, seconds)
 
     def _record_all_gather(self, b: int) -> None:
         n = self.n

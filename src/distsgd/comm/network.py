@@ -12,10 +12,18 @@ homogeneous by default, or set per worker, or drawn once from a log-uniform rang
 (heterogeneous cluster); stragglers come and go: at each gradient, each worker is slowed by
 `straggler_slowdown` with probability `straggler_prob`. A synchronous step waits for the
 slowest worker. All randomness draws from one seeded generator, saved in checkpoints.
+
+All-reduce time: by default the ring closed form 2(n−1)·α + 2(n−1)/n · b/β. With an
+`interconnect` (e.g. "torus:4x4", see `distsgd.collectives`), the all-reduce algorithm
+`allreduce` (ring, hd, dbtree, ring2d, hierarchical, multitree) is instead run on the
+packet-level network simulator with links of `bandwidth` and `latency` and `nis`
+interfaces per node, and its simulated time and per-node bytes are used (cached per
+payload size).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -35,6 +43,9 @@ class NetworkModel:
     straggler_prob: float = 0.0
     straggler_slowdown: float = 4.0
     seed: int = 0
+    interconnect: str | None = None  # e.g. "torus:4x4": simulate all-reduce on it
+    allreduce: str = "ring"
+    nis: int = 1
 
     def __post_init__(self):
         if self.latency < 0 or self.bandwidth <= 0 or self.compute_seconds < 0:
@@ -49,6 +60,26 @@ class NetworkModel:
             raise UserError("network: every speed must be > 0")
         if self.speed_range is not None and not 0 < self.speed_range[0] <= self.speed_range[1]:
             raise UserError("network: speed_range must be 0 < lo <= hi")
+        if self.nis < 1:
+            raise UserError("network: nis must be >= 1")
+        if self.interconnect is not None:
+            from ..collectives import ALGORITHMS, make_interconnect
+
+            make_interconnect(self.interconnect)  # a bad spec is a UserError now, not mid-run
+            if self.allreduce not in ALGORITHMS:
+                raise UserError(
+                    f"network.allreduce: unknown algorithm '{self.allreduce}' "
+                    f"(choose from {', '.join(ALGORITHMS)})"
+                )
+
+    def all_reduce_cost(self, n: int, nbytes: int):
+        """(sent[n], received[n], messages[n], seconds) of one all-reduce of nbytes per worker."""
+        if self.interconnect is None:
+            per = 2 * (n - 1) / n * nbytes
+            return per, per, 2 * (n - 1), self.transfer_seconds(2 * (n - 1), per)
+        return _simulated_all_reduce(
+            self.interconnect, self.allreduce, self.nis, self.bandwidth, self.latency, n, nbytes
+        )
 
     def transfer_seconds(self, rounds: int, busiest_bytes: float, server: bool = False) -> float:
         bw = (self.server_bandwidth or self.bandwidth) if server else self.bandwidth
@@ -88,3 +119,24 @@ class ComputeClock:
     def load_state_dict(self, s: dict) -> None:
         self.generator.set_state(s["generator"])
         self.speeds = s["speeds"].clone()
+
+
+@functools.lru_cache(maxsize=256)
+def _simulated_all_reduce(spec, algorithm, nis, bandwidth, latency, n, nbytes):
+    from ..collectives import build_schedule, make_interconnect, simulate
+    from ..collectives.report import packet_for
+
+    net = make_interconnect(spec, bandwidth=bandwidth, latency=latency, nis=nis)
+    if net.n != n:
+        raise UserError(f"network.interconnect {spec} has {net.n} nodes, but there are {n} workers")
+    sched = build_schedule(algorithm, net)
+    res = simulate(sched, net, nbytes, packet_bytes=packet_for(nbytes, None))
+    per_msg = sched.message_bytes(nbytes)
+    sent = torch.zeros(n, dtype=torch.float64)
+    received = torch.zeros(n, dtype=torch.float64)
+    messages = torch.zeros(n, dtype=torch.int64)
+    for m, b in zip(sched.messages, per_msg.tolist(), strict=True):
+        sent[m.src] += b
+        received[m.dst] += b
+        messages[m.src] += 1
+    return sent, received, messages, res.seconds
