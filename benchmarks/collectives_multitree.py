@@ -2,7 +2,7 @@
 all-reduce on the interconnects of the MultiTree paper (ISCA 2021), on our packet simulator.
 
 Links 16 GB/s and 150 ns as in the paper; 4 network interfaces per node on the tori and
-the mesh (the paper's β configuration), one on the switched networks; sizes 32 KiB to
+the mesh (the paper's β configuration), one and then four on the switched networks; sizes 32 KiB to
 64 MiB. Reports every algorithm's time and ratio to the bandwidth lower bound
 2(n−1)/n · S / B_node, MultiTree's speedup over each baseline, MultiTree's steps per
 phase beside the lower bound on steps, and the speed of schedule building and
@@ -32,6 +32,8 @@ SETUPS = [
     ("mesh:8x8", 4, ["ring", "dbtree", "ring2d", "multitree"]),
     ("fattree:8", 1, ["ring", "dbtree", "hierarchical", "hd", "multitree"]),
     ("bigraph:4x8", 1, ["ring", "dbtree", "hierarchical", "hd", "multitree"]),
+    ("fattree:8", 4, ["ring", "dbtree", "hierarchical", "hd", "multitree"]),
+    ("bigraph:4x8", 4, ["ring", "dbtree", "hierarchical", "hd", "multitree"]),
 ]
 
 
@@ -119,7 +121,7 @@ def _plot(report: dict) -> None:
     import matplotlib.pyplot as plt
 
     tops = report["topologies"]
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    fig, axes = plt.subplots(3, 3, figsize=(15, 12))
     for ax, top in zip(axes.flat, tops, strict=False):
         rows = top["rows"]
         for a in dict.fromkeys(r["algorithm"] for r in rows):
