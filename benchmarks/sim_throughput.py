@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import statistics
 import sys
 
 import torch
@@ -32,32 +33,35 @@ from distsgd.workers import Workers  # noqa: E402
 BATCH = 32
 
 
-def bench(n: int, quick: bool, compiled: bool) -> dict:
+def bench(n: int, quick: bool, compiled: bool, rounds: int) -> dict:
+    """Time the contenders in interleaved rounds; report per-round ratios (median, range).
+
+    This machine's speed drifts by tens of percent within a minute; timing the baseline
+    and distsgd back to back in every round and taking the median of the per-round
+    ratios keeps that drift out of the comparison.
+    """
     # enough samples for 4 batches per worker per local epoch
     num_samples = max(5000, math.ceil(n * BATCH * 4 / 0.8 / 1000) * 1000)
     task = make_task("mnist1d", n_workers=n, model="mlp", batch_size=BATCH, num_samples=num_samples)
-    calls = max(3, (60 if not quick else 15) * 16 // n)
+    calls = max(3, (30 if not quick else 10) * 16 // n)
+    data = task.dataset
 
-    def distsgd_step_time(compile: bool) -> float:
+    def distsgd_step(compile: bool):
         workers = Workers(task, seed=0, compile=compile)
         comm = SimulatedCommunicator(n)
         algo = AllReduceSGD(lr=0.05)
         box = {"state": algo.init(workers.x0(), comm)}
 
-        def sim_step():
+        def step():
             box["state"] = algo.step(box["state"], lambda x: workers.gradients(x)[0], comm)
 
-        return time_per_call(sim_step, calls, warmup=3)
-
-    t_sim = distsgd_step_time(False)
-    t_comp = distsgd_step_time(True) if compiled else None
+        return step
 
     # loop over n modules with their own optimizers, averaged after each step
     models = [copy.deepcopy(task.model) for _ in range(n)]
     opts = [torch.optim.SGD(m.parameters(), lr=0.05) for m in models]
     params = [list(m.parameters()) for m in models]
-    data = task.dataset
-    loop_workers = Workers(task, seed=0)  # same per-worker batches
+    loop_workers = Workers(task, seed=0)  # the same per-worker batches
 
     def loop_step():
         idx = loop_workers.next_batch()
@@ -71,8 +75,6 @@ def bench(n: int, quick: bool, compiled: bool) -> dict:
                 for p in params:
                     p[k].copy_(avg)
 
-    t_loop = time_per_call(loop_step, max(2, calls // 4))
-
     # floor: one model, the whole n·B batch
     floor_model = copy.deepcopy(task.model)
     floor_opt = torch.optim.SGD(floor_model.parameters(), lr=0.05)
@@ -84,27 +86,29 @@ def bench(n: int, quick: bool, compiled: bool) -> dict:
         F.cross_entropy(floor_model(data.x[idx]), data.y[idx]).backward()
         floor_opt.step()
 
-    t_floor = time_per_call(floor_step, calls)
-    row = {
-        "n": n,
-        "parameters": task.description["parameters"],
-        "distsgd_worker_steps_per_s": n / t_sim,
-        "loop_worker_steps_per_s": n / t_loop,
-        "floor_worker_steps_per_s": n / t_floor,
-        "speedup_vs_loop": t_loop / t_sim,
-        "time_vs_floor": t_sim / t_floor,
-        "distsgd_ms_per_step": t_sim * 1e3,
-        "loop_ms_per_step": t_loop * 1e3,
-        "floor_ms_per_step": t_floor * 1e3,
-    }
-    if t_comp is not None:
-        row.update(
-            {
-                "compiled_worker_steps_per_s": n / t_comp,
-                "compiled_speedup_vs_loop": t_loop / t_comp,
-                "compiled_time_vs_floor": t_comp / t_floor,
-            }
-        )
+    contenders = {"distsgd": distsgd_step(False), "loop": loop_step, "floor": floor_step}
+    if compiled:
+        contenders["compiled"] = distsgd_step(True)
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    for fn in contenders.values():
+        time_per_call(fn, 1, repeats=1, warmup=3)
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            c = max(2, calls // 4) if name == "loop" else calls
+            times[name].append(time_per_call(fn, c, repeats=1, warmup=0))
+
+    def ratios(a: str, b: str) -> dict:
+        r = [x / y for x, y in zip(times[a], times[b], strict=True)]
+        return {"median": statistics.median(r), "min": min(r), "max": max(r)}
+
+    row = {"n": n, "parameters": task.description["parameters"], "rounds": rounds}
+    for name in contenders:
+        t = statistics.median(times[name])
+        row[f"{name}_ms_per_step"] = t * 1e3
+        row[f"{name}_worker_steps_per_s"] = n / t
+    for name in [k for k in ("distsgd", "compiled") if k in contenders]:
+        row[f"{name}_speedup_vs_loop"] = ratios("loop", name)
+        row[f"{name}_time_vs_floor"] = ratios(name, "floor")
     return row
 
 
@@ -112,50 +116,35 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
     ap.add_argument("--sizes", default="16,64,256")
-    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile contender")
     args = ap.parse_args()
-    rows = [bench(int(n), args.quick, not args.no_compile) for n in args.sizes.split(",")]
-    at256 = next((r for r in rows if r["n"] == 256), None)
+    rows = [bench(int(n), args.quick, not args.no_compile, args.rounds) for n in args.sizes.split(",")]
     targets = None
+    at256 = next((r for r in rows if r["n"] == 256), None)
     if at256:
-        best = "compiled_" if "compiled_speedup_vs_loop" in at256 else ""
-        loop_x, floor_x = at256[f"{best}speedup_vs_loop"], at256[f"{best}time_vs_floor"]
-        targets = {
-            "mode": "torch.compile" if best else "eager",
-            "speedup_vs_loop_at_256": {"target": 10.0, "measured": loop_x, "met": loop_x >= 10.0},
-            "time_vs_floor_at_256": {"target": 1.5, "measured": floor_x, "met": floor_x <= 1.5},
-        }
-    path = write_result(
-        "sim_throughput",
-        {
-            "batch_per_worker": BATCH,
-            "model": "mlp 40-100-100-10",
-            "algorithm": "allreduce_sgd",
-            "rows": rows,
-            "targets": targets,
-        },
-    )
-    print(
-        f"{'n':>5} {'distsgd w-steps/s':>18} {'loop':>10} {'floor':>10} {'x loop':>8} {'/ floor':>8}"
-        f" {'compiled':>10} {'x loop':>8} {'/ floor':>8}"
-    )
+        targets = {}
+        for mode in [k for k in ("distsgd", "compiled") if f"{k}_speedup_vs_loop" in at256]:
+            loop_x = at256[f"{mode}_speedup_vs_loop"]["median"]
+            floor_x = at256[f"{mode}_time_vs_floor"]["median"]
+            targets[mode] = {
+                "speedup_vs_loop_at_256": {"target": 10.0, "median": loop_x, "met": loop_x >= 10.0},
+                "time_vs_floor_at_256": {"target": 1.5, "median": floor_x, "met": floor_x <= 1.5},
+            }
+    path = write_result("sim_throughput", {"batch_per_worker": BATCH, "model": "mlp 40-100-100-10",
+                                           "algorithm": "allreduce_sgd", "rows": rows, "targets": targets})
+    print(f"{'n':>5} {'mode':>9} {'w-steps/s':>10} {'x loop (min..max)':>22} {'/ floor (min..max)':>22}")
     for r in rows:
-        comp = (
-            (
-                f" {r['compiled_worker_steps_per_s']:>10.0f} {r['compiled_speedup_vs_loop']:>8.1f}"
-                f" {r['compiled_time_vs_floor']:>8.2f}"
-            )
-            if "compiled_worker_steps_per_s" in r
-            else ""
-        )
-        print(
-            f"{r['n']:>5} {r['distsgd_worker_steps_per_s']:>18.0f} {r['loop_worker_steps_per_s']:>10.0f} "
-            f"{r['floor_worker_steps_per_s']:>10.0f} {r['speedup_vs_loop']:>8.1f} {r['time_vs_floor']:>8.2f}"
-            + comp
-        )
-    if targets:
-        for k, v in list(targets.items())[1:]:
-            print(f"{k}: {v['measured']:.2f} (target {v['target']}) {'met' if v['met'] else 'NOT met'}")
+        for mode in [k for k in ("distsgd", "compiled") if f"{k}_speedup_vs_loop" in r]:
+            lx, fx = r[f"{mode}_speedup_vs_loop"], r[f"{mode}_time_vs_floor"]
+            print(f"{r['n']:>5} {mode:>9} {r[f'{mode}_worker_steps_per_s']:>10.0f} "
+                  f"{lx['median']:>6.1f} ({lx['min']:.1f}..{lx['max']:.1f}){'':>6}"
+                  f"{fx['median']:>6.2f} ({fx['min']:.2f}..{fx['max']:.2f})")
+        print(f"{r['n']:>5} {'loop':>9} {r['loop_worker_steps_per_s']:>10.0f}")
+        print(f"{r['n']:>5} {'floor':>9} {r['floor_worker_steps_per_s']:>10.0f}")
+    for mode, t in (targets or {}).items():
+        for k, v in t.items():
+            print(f"{mode} {k}: median {v['median']:.2f} (target {v['target']}) {'met' if v['met'] else 'NOT met'}")
     print(path)
 
 

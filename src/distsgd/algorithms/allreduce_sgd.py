@@ -39,4 +39,4 @@ class AllReduceSGD:
         direction, buf = sgd_direction(
             g, x, state["momentum"], self.momentum, self.weight_decay, self.nesterov
         )
-        return {"x": x - self.lr * direction, "momentum": buf, "t": state["t"] + 1}
+        return {"x": x.sub_(direction, alpha=self.lr), "momentum": buf, "t": state["t"] + 1}

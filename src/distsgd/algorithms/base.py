@@ -4,7 +4,9 @@ An algorithm is a frozen dataclass of hyperparameters with two pure-ish methods,
 `init(x0, comm) -> state` and `step(state, oracle, comm) -> state` (optax-style: all
 that changes lives in `state`, a dict of tensors and ints, so a checkpoint is the state).
 `oracle(x)` returns one stochastic gradient per local worker at x[m, d], drawing each
-worker's next mini-batch; all cross-worker traffic goes through `comm`.
+worker's next mini-batch; all cross-worker traffic goes through `comm`. Like a torch
+optimizer, `step` may update the tensors of the state it is given in place (the stacked
+parameters are large): clone a state you want to keep.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ class DPSGD:
             oracle(x), x, state["momentum"], self.momentum, self.weight_decay, self.nesterov
         )
         if self.variant == "paper":
-            x = comm.gossip(x, self.topology) - self.lr * direction
+            x = comm.gossip(x, self.topology).sub_(direction, alpha=self.lr)
         else:
             x = comm.gossip(x - self.lr * direction, self.topology)
         return {"x": x, "momentum": buf, "t": state["t"] + 1}

@@ -40,7 +40,7 @@ class LocalSGD:
         direction, buf = sgd_direction(
             oracle(x), x, state["momentum"], self.momentum, self.weight_decay, self.nesterov
         )
-        x = x - self.lr * direction
+        x = x.sub_(direction, alpha=self.lr)
         t = state["t"] + 1
         if t % self.local_steps == 0:
             x = comm.all_reduce_mean(x).clone()
