@@ -131,20 +131,32 @@ def main() -> None:
                 "speedup_vs_loop_at_256": {"target": 10.0, "median": loop_x, "met": loop_x >= 10.0},
                 "time_vs_floor_at_256": {"target": 1.5, "median": floor_x, "met": floor_x <= 1.5},
             }
-    path = write_result("sim_throughput", {"batch_per_worker": BATCH, "model": "mlp 40-100-100-10",
-                                           "algorithm": "allreduce_sgd", "rows": rows, "targets": targets})
+    path = write_result(
+        "sim_throughput",
+        {
+            "batch_per_worker": BATCH,
+            "model": "mlp 40-100-100-10",
+            "algorithm": "allreduce_sgd",
+            "rows": rows,
+            "targets": targets,
+        },
+    )
     print(f"{'n':>5} {'mode':>9} {'w-steps/s':>10} {'x loop (min..max)':>22} {'/ floor (min..max)':>22}")
     for r in rows:
         for mode in [k for k in ("distsgd", "compiled") if f"{k}_speedup_vs_loop" in r]:
             lx, fx = r[f"{mode}_speedup_vs_loop"], r[f"{mode}_time_vs_floor"]
-            print(f"{r['n']:>5} {mode:>9} {r[f'{mode}_worker_steps_per_s']:>10.0f} "
-                  f"{lx['median']:>6.1f} ({lx['min']:.1f}..{lx['max']:.1f}){'':>6}"
-                  f"{fx['median']:>6.2f} ({fx['min']:.2f}..{fx['max']:.2f})")
+            print(
+                f"{r['n']:>5} {mode:>9} {r[f'{mode}_worker_steps_per_s']:>10.0f} "
+                f"{lx['median']:>6.1f} ({lx['min']:.1f}..{lx['max']:.1f}){'':>6}"
+                f"{fx['median']:>6.2f} ({fx['min']:.2f}..{fx['max']:.2f})"
+            )
         print(f"{r['n']:>5} {'loop':>9} {r['loop_worker_steps_per_s']:>10.0f}")
         print(f"{r['n']:>5} {'floor':>9} {r['floor_worker_steps_per_s']:>10.0f}")
     for mode, t in (targets or {}).items():
         for k, v in t.items():
-            print(f"{mode} {k}: median {v['median']:.2f} (target {v['target']}) {'met' if v['met'] else 'NOT met'}")
+            print(
+                f"{mode} {k}: median {v['median']:.2f} (target {v['target']}) {'met' if v['met'] else 'NOT met'}"
+            )
     print(path)
 
 

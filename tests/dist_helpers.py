@@ -21,6 +21,15 @@ def _init(rank, world, port):
     dist.init_process_group("gloo", rank=rank, world_size=world)
 
 
+def _leave():
+    # every rank reaches the barrier before any closes its connections: gloo aborts a
+    # process whose peer tears the pair down while it is still using it
+    try:
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
 def train_slice(rank, world, port, algo_name, out_path):
     """Train 8 workers split over `world` processes; rank 0 saves all rows of x."""
     from distsgd import DPSGD, AllReduceSGD, make_task, make_topology, train
@@ -40,7 +49,7 @@ def train_slice(rank, world, port, algo_name, out_path):
         if rank == 0:
             torch.save({"x": x, "metrics": res.metrics, "traffic": traffic}, out_path)
     finally:
-        dist.destroy_process_group()
+        _leave()
 
 
 def primitives(rank, world, port, out_path):
@@ -67,7 +76,7 @@ def primitives(rank, world, port, out_path):
         if rank == 0:
             torch.save(out, out_path)
     finally:
-        dist.destroy_process_group()
+        _leave()
 
 
 def schedules_vs_all_reduce(rank, world, port, out_path):
@@ -96,4 +105,4 @@ def schedules_vs_all_reduce(rank, world, port, out_path):
         if rank == 0:
             torch.save(results, out_path)
     finally:
-        dist.destroy_process_group()
+        _leave()

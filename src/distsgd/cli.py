@@ -11,35 +11,18 @@ from .errors import UserError
 
 
 def _cmd_run(args) -> int:
-    from .config import build, load_config
-    from .runner import train
+    from .config import load_config, run_config
 
     cfg = load_config(args.config)
     run_dir = Path(args.out or cfg.out_dir) / cfg.name
-    comm = None
     if args.backend == "torch":
-        comm = _torch_communicator(cfg)
-    task, algorithm, network = build(cfg)
-    if comm is not None:
-        from .comm.torchdist import TorchDistCommunicator
-
-        comm = TorchDistCommunicator(cfg.n_workers, network)
-    res = train(
-        task,
-        algorithm,
-        steps=cfg.steps,
-        eval_every=cfg.eval_every,
-        network=network,
-        comm=comm,
-        seed=cfg.seed,
-        run_dir=run_dir,
-        checkpoint_every=cfg.checkpoint_every,
-        resume=args.resume,
-        progress=not args.quiet,
-        name=cfg.name,
-        config=cfg.model_dump(),
-        compile=cfg.compile,
-    )
+        _join_process_group(cfg)
+        try:
+            res = run_config(cfg, run_dir, backend="torch", resume=args.resume, progress=not args.quiet)
+        finally:
+            _leave_process_group()
+    else:
+        res = run_config(cfg, run_dir, resume=args.resume, progress=not args.quiet)
     if res.comm is not None and res.comm.start == 0 and not args.quiet:
         f = res.final
         shown = {k: f[k] for k in ("step", "test_acc", "test_loss", "train_loss", "sim_seconds") if k in f}
@@ -47,7 +30,7 @@ def _cmd_run(args) -> int:
     return 0
 
 
-def _torch_communicator(cfg):
+def _join_process_group(cfg) -> None:
     """Check the world before joining it, then initialize the process group."""
     import torch.distributed as dist
 
@@ -58,7 +41,18 @@ def _torch_communicator(cfg):
         if "MASTER_ADDR" not in os.environ:
             raise UserError("--backend torch must be launched with torchrun (MASTER_ADDR is not set)")
         dist.init_process_group("gloo")
-    return True
+
+
+def _leave_process_group() -> None:
+    """Wait for every rank, then close the group (gloo may abort a process that exits
+    while a peer still holds its connections)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def _cmd_plot(args) -> int:

@@ -197,3 +197,31 @@ def build(cfg: RunConfig):
         nis=nw.nis,
     )
     return task, algorithm, network
+
+
+def run_config(cfg: RunConfig, run_dir, *, backend: str = "sim", resume: bool = False, progress: bool = True):
+    """Build and train a validated config; `backend="torch"` needs an initialized process group."""
+    from .runner import train
+
+    task, algorithm, network = build(cfg)
+    comm = None
+    if backend == "torch":
+        from .comm.torchdist import TorchDistCommunicator
+
+        comm = TorchDistCommunicator(cfg.n_workers, network)
+    return train(
+        task,
+        algorithm,
+        steps=cfg.steps,
+        eval_every=cfg.eval_every,
+        network=network,
+        comm=comm,
+        seed=cfg.seed,
+        run_dir=run_dir,
+        checkpoint_every=cfg.checkpoint_every,
+        resume=resume,
+        progress=progress,
+        name=cfg.name,
+        config=cfg.model_dump(),
+        compile=cfg.compile,
+    )

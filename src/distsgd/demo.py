@@ -5,9 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .config import RunConfig, build, parse_config
+from .config import RunConfig, parse_config, run_config
 from .plots import plot_runs
-from .runner import train
 
 DEMO_RUNS = {
     "allreduce_sgd": {"name": "allreduce_sgd", "lr": 0.05, "momentum": 0.9},
@@ -40,20 +39,7 @@ def run_demo(steps: int = 1500, n_workers: int = 16, out_dir: str = "runs/demo",
     console = Console()
     results = []
     for cfg in demo_configs(steps, n_workers, out_dir):
-        task, algorithm, network = build(cfg)
-        res = train(
-            task,
-            algorithm,
-            steps=cfg.steps,
-            eval_every=cfg.eval_every,
-            network=network,
-            seed=cfg.seed,
-            run_dir=Path(out_dir) / cfg.name,
-            progress=progress,
-            name=cfg.name,
-            config=cfg.model_dump(),
-        )
-        results.append(res)
+        results.append(run_config(cfg, Path(out_dir) / cfg.name, progress=progress))
     table = Table(
         title=f"MNIST-1D 1D-CNN, {n_workers} simulated workers, {steps} steps (batch 32 per worker)"
     )

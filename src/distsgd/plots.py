@@ -58,10 +58,17 @@ def plot_runs(runs: list[tuple[str, list[dict]]], path: str | Path, title: str |
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Write a matplotlib figure to a temporary name, then rename it: never half-written."""
+    import matplotlib.pyplot as plt
+
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    fig.savefig(tmp, dpi=110, format=out.suffix.lstrip(".") or "png")
+    fig.savefig(tmp, dpi=dpi, format=out.suffix.lstrip(".") or "png")
     plt.close(fig)
     os.replace(tmp, out)
     return out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import re
 from pathlib import Path
 
@@ -139,10 +138,6 @@ def plot(net: Interconnect, rows: list[dict], path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    fig.savefig(tmp, dpi=110, format=out.suffix.lstrip(".") or "png")
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    from ..plots import save_figure
+
+    return save_figure(fig, path)
