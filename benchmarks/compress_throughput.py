@@ -49,8 +49,14 @@ def main() -> None:
         ratio = statistics.median(r[2] / r[1] for r in mine)
         t = statistics.median(r[1] for r in mine)
         nbytes = c.compress(x, g).nbytes_per_worker
-        row = {"compressor": name, "seconds": t, "GBps_of_input": 4 * D / t / 1e9, "ratio_to_copy": ratio,
-               "wire_bytes": nbytes, "compression": 4 * D / nbytes}
+        row = {
+            "compressor": name,
+            "seconds": t,
+            "GBps_of_input": 4 * D / t / 1e9,
+            "ratio_to_copy": ratio,
+            "wire_bytes": nbytes,
+            "compression": 4 * D / nbytes,
+        }
         if name in TARGETS:
             row["target"] = TARGETS[name]
             row["met"] = ratio >= TARGETS[name]
@@ -60,7 +66,9 @@ def main() -> None:
     print(f"{'compressor':>12} {'GB/s':>7} {'x copy':>7} {'ratio':>7}  target")
     for r in out:
         tgt = f"{r['target']} {'met' if r['met'] else 'NOT met'}" if "target" in r else ""
-        print(f"{r['compressor']:>12} {r['GBps_of_input']:>7.2f} {r['ratio_to_copy']:>7.3f} {r['compression']:>6.1f}x  {tgt}")
+        print(
+            f"{r['compressor']:>12} {r['GBps_of_input']:>7.2f} {r['ratio_to_copy']:>7.3f} {r['compression']:>6.1f}x  {tgt}"
+        )
     print(write_result("compress_throughput", {"d": D, "copy_GBps": copy_gbps, "rows": out}))
 
 

@@ -30,18 +30,29 @@ def _leave():
         dist.destroy_process_group()
 
 
+def make_algorithm(name):
+    from distsgd import DPSGD, AllReduceSGD, make_topology
+    from distsgd.algorithms import EF21, CompressedSGD, Signum
+    from distsgd.compress import TopK
+
+    return {
+        "allreduce": lambda: AllReduceSGD(lr=0.1, momentum=0.9),
+        "dpsgd_ring": lambda: DPSGD(lr=0.1, momentum=0.9, topology=make_topology("ring", 8)),
+        "signum": lambda: Signum(lr=1e-2),
+        "ef21_topk": lambda: EF21(lr=0.1, compressor=TopK(k=20)),
+        "ef_topk": lambda: CompressedSGD(lr=0.1, compressor=TopK(k=20)),
+    }[name]()
+
+
 def train_slice(rank, world, port, algo_name, out_path):
     """Train 8 workers split over `world` processes; rank 0 saves all rows of x."""
-    from distsgd import DPSGD, AllReduceSGD, make_task, make_topology, train
+    from distsgd import make_task, train
     from distsgd.comm.torchdist import TorchDistCommunicator
 
     _init(rank, world, port)
     try:
         task = make_task("digits", n_workers=8, model="mlp", hidden=(16,), batch_size=8, seed=0)
-        if algo_name == "allreduce":
-            algo = AllReduceSGD(lr=0.1, momentum=0.9)
-        else:
-            algo = DPSGD(lr=0.1, momentum=0.9, topology=make_topology("ring", 8))
+        algo = make_algorithm(algo_name)
         comm = TorchDistCommunicator(8)
         res = train(task, algo, steps=20, eval_every=10, comm=comm, seed=3)
         traffic = comm.traffic.summary()  # before the gather below adds its own traffic

@@ -8,24 +8,20 @@ import sys
 import pytest
 import torch
 import torch.multiprocessing as mp
-from dist_helpers import free_port, primitives, train_slice
+from dist_helpers import free_port, make_algorithm, primitives, train_slice
 
-from distsgd import DPSGD, AllReduceSGD, SimulatedCommunicator, make_task, make_topology, train
+from distsgd import SimulatedCommunicator, make_task, make_topology, train
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
 
 
-@pytest.mark.parametrize("algo_name", ["allreduce", "dpsgd_ring"])
+@pytest.mark.parametrize("algo_name", ["allreduce", "dpsgd_ring", "signum", "ef21_topk", "ef_topk"])
 def test_simulated_and_torch_distributed_give_the_same_parameters(tmp_path, algo_name):
     out = tmp_path / "x.pt"
     mp.spawn(train_slice, args=(2, free_port(), algo_name, str(out)), nprocs=2, join=True)
     got = torch.load(out)
     task = make_task("digits", n_workers=8, model="mlp", hidden=(16,), batch_size=8, seed=0)
-    if algo_name == "allreduce":
-        algo = AllReduceSGD(lr=0.1, momentum=0.9)
-    else:
-        algo = DPSGD(lr=0.1, momentum=0.9, topology=make_topology("ring", 8))
-    ref = train(task, algo, steps=20, eval_every=10, seed=3)
+    ref = train(task, make_algorithm(algo_name), steps=20, eval_every=10, seed=3)
     assert got["x"].shape == ref.state["x"].shape
     assert (got["x"] - ref.state["x"]).abs().max() < 1e-5
     assert got["traffic"] == ref.summary["traffic"]

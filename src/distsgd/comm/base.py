@@ -151,6 +151,9 @@ class CommunicatorBase:
         if paired.any():
             self.traffic.record(paired * b, paired * b, paired, self.network.transfer_seconds(1, b))
 
+    def _record_payload_gather(self, b: int) -> None:
+        self._record_gather(b)
+
     def _record_gather(self, b: int) -> None:
         t = self.traffic
         t.record(float(b), 0.0, 1, self.network.transfer_seconds(1, self.n * b, server=True))
@@ -160,6 +163,18 @@ class CommunicatorBase:
         t = self.traffic
         t.record(0.0, float(b), 0, self.network.transfer_seconds(1, self.n * b, server=True))
         t.server_sent += self.n * b
+
+    # -- compressed payloads ------------------------------------------------------------
+    def gather_payload(self, p):
+        """Every worker sends its compressed message to the server (rank 0): the server gets
+        a Payload with all n rows. Bytes are the payload's own wire size."""
+        self._record_gather(p.nbytes_per_worker)
+        return self._gather_rows(p)
+
+    def broadcast_payload(self, p):
+        """The server sends one compressed message (rows: 1) to every worker."""
+        self._record_broadcast(p.nbytes_per_worker)
+        return self._broadcast_rows(p)
 
     # -- compute ----------------------------------------------------------------------
     def compute(self) -> None:

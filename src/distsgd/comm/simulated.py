@@ -82,6 +82,12 @@ class SimulatedCommunicator(CommunicatorBase):
         self._record_broadcast(v.numel() * v.element_size())
         return v.unsqueeze(0).expand(self.m, *v.shape)
 
+    def _gather_rows(self, p):
+        return p
+
+    def _broadcast_rows(self, p):
+        return p
+
     def average(self, x: torch.Tensor) -> torch.Tensor:
         """x̄ for evaluation and metrics only: no traffic is recorded."""
         return x.mean(0)

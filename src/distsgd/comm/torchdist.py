@@ -136,6 +136,21 @@ class TorchDistCommunicator(CommunicatorBase):
         dist.broadcast(buf, src=0, group=self.group)
         return buf.unsqueeze(0).expand(self.m, *buf.shape)
 
+    def _gather_rows(self, p):
+        from dataclasses import replace
+
+        wire = {}
+        for k, t in p.wire.items():
+            parts = [torch.empty_like(t) for _ in range(self.world)]
+            dist.all_gather(parts, t.contiguous(), group=self.group)  # the server's view, on every rank
+            wire[k] = torch.cat(parts)
+        return replace(p, wire=wire)
+
+    def _broadcast_rows(self, p):
+        for t in p.wire.values():
+            dist.broadcast(t, src=0, group=self.group)
+        return p
+
     def average(self, x: torch.Tensor) -> torch.Tensor:
         return self._sum(x) / self.n
 

@@ -1,0 +1,59 @@
+"""signSGD and Signum with majority vote.
+
+Bernstein, Wang, Azizzadenesheli, Anandkumar, "signSGD: Compressed Optimisation for
+Non-Convex Problems", ICML 2018 (Algorithm 3, majority vote); Bernstein, Zhao,
+Azizzadenesheli, Anandkumar, "signSGD with Majority Vote is Communication Efficient and
+Fault Tolerant", ICLR 2019 (Algorithm 1, Signum with majority vote):
+
+    worker i:  v_i ← β v_i + (1 − β) g_i;  send pack(sign(v_i))          (1 bit / coordinate)
+    server:    V = sign(Σ_i sign(v_i));   send pack(V)                    (1 bit / coordinate)
+    worker:    x ← x − η (V + λ x)                                        (weight decay after the vote)
+
+β = 0 is signSGD. Ties: the ICLR 2019 code packs sign(0) as +1, so a zero momentum entry
+votes +1 and a tied vote (possible with an even number of workers) becomes +1; we do the
+same. Byzantine workers (a later issue) replace what they send; the vote tolerates a
+minority.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..compress.base import Payload, pack_bits, unpack_bits
+
+
+def majority_vote(bits_all: torch.Tensor, d: int) -> torch.Tensor:
+    """Packed signs of n workers [n, ⌈d/8⌉] -> packed sign of their sum [1, ⌈d/8⌉] (tie: +1)."""
+    n = bits_all.shape[0]
+    plus = unpack_bits(bits_all, d).sum(0, dtype=torch.int32)  # workers voting +1
+    return pack_bits((2 * plus >= n).unsqueeze(0))
+
+
+@dataclass(frozen=True)
+class Signum:
+    lr: float
+    beta: float = 0.9  # momentum; 0 gives signSGD
+    weight_decay: float = 0.0
+    name: str = "signum"
+
+    def __post_init__(self):
+        if not self.lr > 0 or not 0 <= self.beta < 1 or self.weight_decay < 0:
+            raise ValueError("signum needs lr > 0, 0 <= beta < 1, weight_decay >= 0")
+
+    def init(self, x0, comm):
+        return {"x": x0.clone(), "momentum": torch.zeros_like(x0), "t": 0}
+
+    def step(self, state, oracle, comm):
+        x = state["x"]
+        v = state["momentum"].mul_(self.beta).add_(oracle(x), alpha=1 - self.beta)
+        d = x.shape[1]
+        mine = Payload({"bits": pack_bits(v >= 0)}, d)
+        votes = comm.gather_payload(mine)
+        vote = Payload({"bits": majority_vote(votes.wire["bits"], d)}, d)
+        vote = comm.broadcast_payload(vote)
+        sign = unpack_bits(vote.wire["bits"], d).float().mul_(2).sub_(1)
+        if self.weight_decay:
+            sign = sign + self.weight_decay * x
+        return {"x": x.sub_(sign, alpha=self.lr), "momentum": v, "t": state["t"] + 1}
