@@ -84,3 +84,17 @@ def test_ef21_stepsize():
 def test_scaled_sign_error_feedback_trains(digits_task):
     r = train(digits_task, CompressedSGD(lr=0.05, compressor=Sign("l1")), steps=150, eval_every=150)
     assert r.final["test_acc"] > 0.8
+
+
+def test_negated_minority_cannot_flip_the_vote():
+    # 5 workers, 2 Byzantine: every honest worker's momentum is +, so the vote stays +
+    from distsgd.comm import SimulatedCommunicator as Sim
+
+    comm = Sim(5)
+    algo = Signum(lr=1.0, beta=0.0, byzantine=(0, 1))
+    state = algo.init(torch.zeros(5, 3), comm)
+    state = algo.step(state, lambda x: torch.ones(5, 3), comm)
+    assert torch.equal(state["x"], -torch.ones(5, 3))  # x − lr·(+1)
+    mean = Signum(lr=1.0, beta=0.0, byzantine=(0, 1), aggregate="mean")
+    s2 = mean.step(mean.init(torch.zeros(5, 3), comm), lambda x: torch.ones(5, 3), comm)
+    assert torch.allclose(s2["x"], torch.full((5, 3), -0.2))  # (3 − 2)/5: the attack shrinks it

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .algorithms import DPSGD, AllReduceSGD, LocalSGD
+from .algorithms import DPSGD, EF21, AllReduceSGD, CompressedSGD, LocalSGD, Signum
 from .comm.network import NetworkModel
 from .errors import UserError
 from .tasks import make_task
@@ -80,8 +80,47 @@ class DPSGDConfig(_SGDConfig):
     variant: Literal["paper", "atc"] = "paper"
 
 
-AlgorithmConfig = Annotated[AllReduceConfig | LocalSGDConfig | DPSGDConfig, Field(discriminator="name")]
-ALGORITHMS = ("allreduce_sgd", "local_sgd", "dpsgd")
+COMPRESSORS = ("identity", "float16", "bfloat16", "sign", "scaled_sign", "topk", "randk", "qsgd", "natural")
+
+
+class CompressorConfig(_Strict):
+    name: Literal[COMPRESSORS] = "topk"  # type: ignore[valid-type]
+    k: int | None = Field(None, ge=1)
+    ratio: float | None = Field(None, gt=0, le=1)
+    levels: int = Field(15, ge=1, le=255)
+    bucket: int = Field(512, ge=1)
+
+    def build(self):
+        from .compress import make_compressor
+
+        return make_compressor(self.name, k=self.k, ratio=self.ratio, levels=self.levels, bucket=self.bucket)
+
+
+class CompressedSGDConfig(_SGDConfig):
+    name: Literal["compressed_sgd"]
+    compressor: CompressorConfig = CompressorConfig()
+    error_feedback: bool = True
+
+
+class SignumConfig(_Strict):
+    name: Literal["signum"]
+    lr: float = Field(gt=0)
+    beta: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    aggregate: Literal["vote", "mean"] = "vote"
+
+
+class EF21Config(_Strict):
+    name: Literal["ef21"]
+    lr: float = Field(gt=0)
+    compressor: CompressorConfig = CompressorConfig()
+
+
+AlgorithmConfig = Annotated[
+    AllReduceConfig | LocalSGDConfig | DPSGDConfig | CompressedSGDConfig | SignumConfig | EF21Config,
+    Field(discriminator="name"),
+]
+ALGORITHMS = ("allreduce_sgd", "local_sgd", "dpsgd", "compressed_sgd", "signum", "ef21")
 DECENTRALIZED = ("dpsgd",)
 
 
@@ -169,20 +208,35 @@ def build(cfg: RunConfig):
         heterogeneity=t.heterogeneity,
         seed=cfg.seed,
     )
+    return task, _algorithm(cfg), _network(cfg)
+
+
+def _algorithm(cfg: RunConfig):
     a = cfg.algorithm
-    sgd = {"lr": a.lr, "momentum": a.momentum, "weight_decay": a.weight_decay, "nesterov": a.nesterov}
-    if isinstance(a, AllReduceConfig):
-        algorithm = AllReduceSGD(**sgd)
-    elif isinstance(a, LocalSGDConfig):
-        algorithm = LocalSGD(**sgd, local_steps=a.local_steps, average_momentum=a.average_momentum)
-    else:
-        tp = cfg.topology
-        topo = make_topology(
-            tp.name, cfg.n_workers, tp.mixing, degree=tp.degree, p=tp.p, rows=tp.rows, seed=cfg.seed
+    if isinstance(a, SignumConfig):
+        return Signum(lr=a.lr, beta=a.beta, weight_decay=a.weight_decay, aggregate=a.aggregate)
+    if isinstance(a, EF21Config):
+        return EF21(lr=a.lr, compressor=a.compressor.build(), seed=cfg.seed)
+    sgd = {"lr": a.lr, "momentum": a.momentum, "weight_decay": a.weight_decay}
+    if isinstance(a, CompressedSGDConfig):
+        return CompressedSGD(
+            **sgd, compressor=a.compressor.build(), error_feedback=a.error_feedback, seed=cfg.seed
         )
-        algorithm = DPSGD(**sgd, topology=topo, variant=a.variant)
+    sgd["nesterov"] = a.nesterov
+    if isinstance(a, AllReduceConfig):
+        return AllReduceSGD(**sgd)
+    if isinstance(a, LocalSGDConfig):
+        return LocalSGD(**sgd, local_steps=a.local_steps, average_momentum=a.average_momentum)
+    tp = cfg.topology
+    topo = make_topology(
+        tp.name, cfg.n_workers, tp.mixing, degree=tp.degree, p=tp.p, rows=tp.rows, seed=cfg.seed
+    )
+    return DPSGD(**sgd, topology=topo, variant=a.variant)
+
+
+def _network(cfg: RunConfig) -> NetworkModel:
     nw = cfg.network
-    network = NetworkModel(
+    return NetworkModel(
         latency=nw.latency,
         bandwidth=nw.bandwidth,
         server_bandwidth=nw.server_bandwidth,
@@ -196,7 +250,6 @@ def build(cfg: RunConfig):
         allreduce=nw.allreduce,
         nis=nw.nis,
     )
-    return task, algorithm, network
 
 
 def run_config(cfg: RunConfig, run_dir, *, backend: str = "sim", resume: bool = False, progress: bool = True):

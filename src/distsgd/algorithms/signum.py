@@ -11,8 +11,9 @@ Fault Tolerant", ICLR 2019 (Algorithm 1, Signum with majority vote):
 
 β = 0 is signSGD. Ties: the ICLR 2019 code packs sign(0) as +1, so a zero momentum entry
 votes +1 and a tied vote (possible with an even number of workers) becomes +1; we do the
-same. Byzantine workers (a later issue) replace what they send; the vote tolerates a
-minority.
+same. `byzantine` workers send the negated sign (the ICLR 2019 code's adversary); the
+vote tolerates a minority. `aggregate="mean"` replaces the vote by the plain average of
+the signs (sent back as float32), the comparison of the paper's robustness claim.
 """
 
 from __future__ import annotations
@@ -36,11 +37,15 @@ class Signum:
     lr: float
     beta: float = 0.9  # momentum; 0 gives signSGD
     weight_decay: float = 0.0
+    aggregate: str = "vote"  # "vote": sign of the sum (1 bit back); "mean": mean of the signs (float32 back)
+    byzantine: tuple[int, ...] = ()  # workers that send the negated sign (the ICLR 2019 adversary)
     name: str = "signum"
 
     def __post_init__(self):
         if not self.lr > 0 or not 0 <= self.beta < 1 or self.weight_decay < 0:
             raise ValueError("signum needs lr > 0, 0 <= beta < 1, weight_decay >= 0")
+        if self.aggregate not in ("vote", "mean"):
+            raise ValueError("aggregate must be 'vote' or 'mean'")
 
     def init(self, x0, comm):
         return {"x": x0.clone(), "momentum": torch.zeros_like(x0), "t": 0}
@@ -49,11 +54,18 @@ class Signum:
         x = state["x"]
         v = state["momentum"].mul_(self.beta).add_(oracle(x), alpha=1 - self.beta)
         d = x.shape[1]
-        mine = Payload({"bits": pack_bits(v >= 0)}, d)
-        votes = comm.gather_payload(mine)
-        vote = Payload({"bits": majority_vote(votes.wire["bits"], d)}, d)
-        vote = comm.broadcast_payload(vote)
-        sign = unpack_bits(vote.wire["bits"], d).float().mul_(2).sub_(1)
+        positive = v >= 0
+        if self.byzantine:
+            ids = torch.arange(comm.start, comm.start + comm.m)
+            bad = torch.isin(ids, torch.tensor(self.byzantine)).unsqueeze(1)
+            positive = torch.where(bad, ~positive, positive)
+        votes = comm.gather_payload(Payload({"bits": pack_bits(positive)}, d))
+        if self.aggregate == "vote":
+            vote = comm.broadcast_payload(Payload({"bits": majority_vote(votes.wire["bits"], d)}, d))
+            sign = unpack_bits(vote.wire["bits"], d).float().mul_(2).sub_(1)
+        else:
+            mean = unpack_bits(votes.wire["bits"], d).float().mul_(2).sub_(1).mean(0, keepdim=True)
+            sign = comm.broadcast_payload(Payload({"mean": mean}, d)).wire["mean"]
         if self.weight_decay:
             sign = sign + self.weight_decay * x
         return {"x": x.sub_(sign, alpha=self.lr), "momentum": v, "t": state["t"] + 1}
