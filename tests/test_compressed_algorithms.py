@@ -98,3 +98,23 @@ def test_negated_minority_cannot_flip_the_vote():
     mean = Signum(lr=1.0, beta=0.0, byzantine=(0, 1), aggregate="mean")
     s2 = mean.step(mean.init(torch.zeros(5, 3), comm), lambda x: torch.ones(5, 3), comm)
     assert torch.allclose(s2["x"], torch.full((5, 3), -0.2))  # (3 − 2)/5: the attack shrinks it
+
+
+def test_allgather_mode_matches_server_mode_and_counts_all_gather_bytes(digits_task):
+    n = digits_task.n
+    a, ca, w = _run(CompressedSGD(lr=0.1, compressor=TopK(k=10), mode="allgather"), digits_task, steps=5)
+    s, cs, _ = _run(CompressedSGD(lr=0.1, compressor=TopK(k=10), mode="server"), digits_task, steps=5)
+    assert (a["x"] - s["x"]).abs().max() < 1e-6
+    assert float(ca.traffic.sent[0]) == 5 * (n - 1) * 80  # ring all-gather of 80-byte payloads
+
+
+def test_compressed_local_sgd(digits_task):
+    from distsgd import LocalSGD
+
+    plain, _, _ = _run(LocalSGD(lr=0.1, local_steps=4), digits_task, steps=12)
+    ident, _, _ = _run(LocalSGD(lr=0.1, local_steps=4, compressor=Identity()), digits_task, steps=12)
+    assert (plain["x"] - ident["x"]).abs().max() < 1e-5  # identity compression changes nothing
+    r = train(
+        digits_task, LocalSGD(lr=0.05, local_steps=4, compressor=TopK(ratio=0.05)), steps=200, eval_every=200
+    )
+    assert r.final["test_acc"] > 0.8

@@ -1,7 +1,10 @@
-"""Compressed parameter-server SGD, with or without error feedback.
+"""Compressed data-parallel SGD, with or without error feedback.
 
-Each worker compresses its (error-corrected) step, the server averages the decompressed
-messages and broadcasts the average uncompressed (or compressed with `downlink`):
+Each worker compresses its (error-corrected) step. With `mode="server"` a parameter
+server averages the decompressed messages and broadcasts the average uncompressed (or
+compressed with `downlink`); with `mode="allgather"` every worker receives every
+compressed message (a compressed all-reduce for compressors that do not sum, such as
+Top-K or sign) and averages them itself:
 
     plain:  Δ_i = C(γ g_i);                      x ← x − mean_i Δ_i
     EF:     p_i = e_i + γ g_i;  Δ_i = C(p_i);  e_i ← p_i − Δ_i;  x ← x − mean_i Δ_i
@@ -33,11 +36,14 @@ class CompressedSGD:
     momentum: float = 0.0
     weight_decay: float = 0.0
     downlink: Compressor | None = None  # None: the server's average goes back as float32
+    mode: str = "server"  # "server" or "allgather"
     seed: int = 0
     name: str = "compressed_sgd"
 
     def __post_init__(self):
         check_hyper(self.lr, self.momentum, self.weight_decay)
+        if self.mode not in ("server", "allgather"):
+            raise ValueError("mode must be 'server' or 'allgather'")
 
     def init(self, x0, comm):
         return {
@@ -61,11 +67,13 @@ class CompressedSGD:
         payload = self.compressor.compress(p, g)
         sent = self.compressor.decompress(payload)  # what the server will reconstruct
         error = p - sent if self.error_feedback else None
-        at_server = comm.gather_payload(payload)
-        avg = self.compressor.decompress(at_server).mean(0, keepdim=True)  # the server's mean
-        down = self.downlink or Identity()
-        back = comm.broadcast_payload(down.compress(avg, g))
-        update = down.decompress(back)
+        if self.mode == "allgather":
+            update = self.compressor.decompress(comm.all_gather_payload(payload)).mean(0, keepdim=True)
+        else:
+            at_server = comm.gather_payload(payload)
+            avg = self.compressor.decompress(at_server).mean(0, keepdim=True)  # the server's mean
+            down = self.downlink or Identity()
+            update = down.decompress(comm.broadcast_payload(down.compress(avg, g)))
         return {
             "x": x.sub_(update),
             "momentum": buf,

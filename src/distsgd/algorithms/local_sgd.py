@@ -8,12 +8,22 @@ Lin, Stich, Patel, Jaggi, "Don't use large mini-batches, use local SGD", ICLR 20
 local momentum buffers stay local (set `average_momentum` to average them as well).
 H = 1 is AllReduce-SGD with model averaging instead of gradient averaging (identical
 without momentum). Communication: one all-reduce of d values every H steps.
+
+With a `compressor`, the workers exchange compressed model changes since the last
+average, with error feedback (as in Basu et al., "Qsparse-local-SGD", NeurIPS 2019):
+
+    p_i = (x_i − x̂) + e_i;  c_i = C(p_i);  e_i ← p_i − c_i;  x_i ← x̂ ← x̂ + mean_j c_j
+
+sent as an all-gather of the compressed payloads.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
+from ..compress.base import Compressor
 from .base import check_hyper, sgd_direction
 
 
@@ -25,6 +35,9 @@ class LocalSGD:
     weight_decay: float = 0.0
     nesterov: bool = False
     average_momentum: bool = False
+    compressor: Compressor | None = None
+    error_feedback: bool = True
+    seed: int = 0
     name: str = "local_sgd"
 
     def __post_init__(self):
@@ -33,7 +46,12 @@ class LocalSGD:
             raise ValueError(f"local_steps must be >= 1, got {self.local_steps}")
 
     def init(self, x0, comm):
-        return {"x": x0.clone(), "momentum": None, "t": 0}
+        state = {"x": x0.clone(), "momentum": None, "t": 0}
+        if self.compressor is not None:
+            state["anchor"] = x0[:1].clone()  # x̂: the last average, the same on every worker
+            state["error"] = torch.zeros_like(x0) if self.error_feedback else None
+            state["rng"] = torch.Generator().manual_seed(self.seed * 7919 + comm.start).get_state()
+        return state
 
     def step(self, state, oracle, comm):
         x = state["x"]
@@ -42,8 +60,27 @@ class LocalSGD:
         )
         x = x.sub_(direction, alpha=self.lr)
         t = state["t"] + 1
+        state = {**state, "momentum": buf, "t": t}
         if t % self.local_steps == 0:
-            x = comm.all_reduce_mean(x).clone()
+            if self.compressor is None:
+                x = comm.all_reduce_mean(x).clone()
+            else:
+                x = self._compressed_average(state, x, comm)
             if buf is not None and self.average_momentum:
-                buf = comm.all_reduce_mean(buf).clone()
-        return {"x": x, "momentum": buf, "t": t}
+                state["momentum"] = comm.all_reduce_mean(buf).clone()
+        state["x"] = x
+        return state
+
+    def _compressed_average(self, state, x, comm):
+        g = torch.Generator()
+        g.set_state(state["rng"])
+        p = x - state["anchor"]
+        if state["error"] is not None:
+            p = p + state["error"]
+        payload = self.compressor.compress(p, g)
+        if state["error"] is not None:
+            state["error"] = p - self.compressor.decompress(payload)
+        mean = self.compressor.decompress(comm.all_gather_payload(payload)).mean(0, keepdim=True)
+        state["anchor"] = state["anchor"] + mean
+        state["rng"] = g.get_state()
+        return state["anchor"].expand_as(x).clone()

@@ -171,6 +171,12 @@ class CommunicatorBase:
         self._record_gather(p.nbytes_per_worker)
         return self._gather_rows(p)
 
+    def all_gather_payload(self, p):
+        """Every worker sends its compressed message to every other (ring all-gather:
+        (n−1)·b bytes each way per worker) and gets all n rows."""
+        self._record_all_gather(p.nbytes_per_worker)
+        return self._gather_rows(p)
+
     def broadcast_payload(self, p):
         """The server sends one compressed message (rows: 1) to every worker."""
         self._record_broadcast(p.nbytes_per_worker)
