@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ..compress.base import Compressor
+from ..compress.feedback import error_feedback
 from ..compress.quantize import Identity
 from .base import check_hyper, sgd_direction
 
@@ -61,12 +62,7 @@ class CompressedSGD:
         direction, buf = sgd_direction(
             oracle(x), x, state["momentum"], self.momentum, self.weight_decay, False
         )
-        p = self.lr * direction
-        if self.error_feedback:
-            p = p + state["error"]
-        payload = self.compressor.compress(p, g)
-        sent = self.compressor.decompress(payload)  # what the server will reconstruct
-        error = p - sent if self.error_feedback else None
+        payload, error = error_feedback(self.compressor, self.lr * direction, state["error"], g)
         if self.mode == "allgather":
             update = self.compressor.decompress(comm.all_gather_payload(payload)).mean(0, keepdim=True)
         else:

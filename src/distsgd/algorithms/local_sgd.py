@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ..compress.base import Compressor
+from ..compress.feedback import error_feedback
 from .base import check_hyper, sgd_direction
 
 
@@ -74,12 +75,7 @@ class LocalSGD:
     def _compressed_average(self, state, x, comm):
         g = torch.Generator()
         g.set_state(state["rng"])
-        p = x - state["anchor"]
-        if state["error"] is not None:
-            p = p + state["error"]
-        payload = self.compressor.compress(p, g)
-        if state["error"] is not None:
-            state["error"] = p - self.compressor.decompress(payload)
+        payload, state["error"] = error_feedback(self.compressor, x - state["anchor"], state["error"], g)
         mean = self.compressor.decompress(comm.all_gather_payload(payload)).mean(0, keepdim=True)
         state["anchor"] = state["anchor"] + mean
         state["rng"] = g.get_state()
