@@ -76,7 +76,48 @@ def main():
         c4.append(row)
         print(f"claim 4: {f}/16 negated: vote {row['vote']:.3f}, mean of signs {row['mean']:.3f}")
     print(write_result("signum_claims", {"steps": STEPS, "parameters": d, "claim3": c3, "claim4": c4}))
+    plot()
+
+
+def plot() -> None:
+    """Bars for claim 3 (accuracy and bytes per step), lines for claim 4, from the JSON."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from _common import RESULTS
+
+    r = json.loads((RESULTS / "signum_claims.json").read_text())
+    c3, c4 = r["claim3"], r["claim4"]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    axes[0].bar(
+        ["AllReduce-SGD", "Signum vote"], [c3["allreduce_sgd"]["test_acc"], c3["signum_vote"]["test_acc"]]
+    )
+    axes[0].set_ylabel("test accuracy")
+    axes[0].set_ylim(0, 1)
+    axes[0].set_title(f"MNIST-1D, 16 workers, {r['steps']} steps")
+    axes[1].bar(
+        ["float32 each way", "Signum up", "Signum down"],
+        [c3["fp32_bytes_per_step_each_way"], c3["bytes_per_step_up"], c3["bytes_per_step_down"]],
+    )
+    axes[1].set_yscale("log")
+    axes[1].set_ylabel("bytes per step per worker")
+    f = [row["byzantine"] for row in c4]
+    axes[2].plot(f, [row["vote"] for row in c4], marker="o", label="majority vote")
+    axes[2].plot(f, [row["mean"] for row in c4], marker="s", label="mean of signs")
+    axes[2].set_xlabel("workers sending the negated sign (of 16)")
+    axes[2].set_ylabel("test accuracy")
+    axes[2].legend()
+    axes[2].grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "signum_claims.png", dpi=100)
+    print(RESULTS / "signum_claims.png")
 
 
 if __name__ == "__main__":
-    main()
+    if "--plot-only" in sys.argv:
+        plot()
+    else:
+        main()
