@@ -107,7 +107,7 @@ def ring_order(net: Interconnect | None, n: int) -> list[int]:
     return [r * cols + (c if r % 2 == 0 else cols - 1 - c) for r in range(rows) for c in range(cols)]
 
 
-def _ring_phases(order: list[int], chunk_of, step0: int, msgs: list[Message], lo_hi=None) -> int:
+def _ring_phases(order: list[int], chunk_of, step0: int, msgs: list[Message]) -> int:
     """Reduce-scatter then all-gather around `order` (n−1 steps each); chunk_of(k) maps the
     ring's k-th chunk to a global chunk id. Returns the next free step."""
     p = len(order)
@@ -291,16 +291,11 @@ def lower_bound_seconds(net: Interconnect, size: float) -> float:
     return 2 * (net.n - 1) / net.n * size / net.node_bandwidth
 
 
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 __all__ = [
     "COPY",
     "REDUCE",
     "Message",
     "Schedule",
-    "ceil_div",
     "double_binary_tree",
     "execute",
     "halving_doubling",

@@ -107,6 +107,9 @@ class Communicator(Protocol):
     def exchange(self, x: torch.Tensor, pairs: list[tuple[int, int]]) -> torch.Tensor: ...
     def gather_to_server(self, x: torch.Tensor) -> torch.Tensor | None: ...
     def broadcast_from_server(self, v: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor: ...
+    def gather_payload(self, p): ...  # compressed messages to the server (a collective)
+    def all_gather_payload(self, p): ...  # compressed messages to every worker
+    def broadcast_payload(self, p): ...  # the server's compressed message to every worker
     def average(self, x: torch.Tensor) -> torch.Tensor: ...
     def compute(self) -> None: ...
 
@@ -150,9 +153,6 @@ class CommunicatorBase:
             paired[i] = paired[j] = 1
         if paired.any():
             self.traffic.record(paired * b, paired * b, paired, self.network.transfer_seconds(1, b))
-
-    def _record_payload_gather(self, b: int) -> None:
-        self._record_gather(b)
 
     def _record_gather(self, b: int) -> None:
         t = self.traffic
