@@ -6,19 +6,19 @@ import torch
 import torch.distributed as dist
 
 
-def free_port() -> int:
-    import socket
+def rendezvous() -> str:
+    """A fresh file for the processes to meet at (no TCP port to race for)."""
+    import tempfile
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    fd, path = tempfile.mkstemp(prefix="distsgd-rdzv-")
+    os.close(fd)
+    os.unlink(path)  # the store creates it
+    return path
 
 
-def _init(rank, world, port):
+def _init(rank, world, path):
     torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=world)
 
 
 def _leave():
@@ -44,12 +44,12 @@ def make_algorithm(name):
     }[name]()
 
 
-def train_slice(rank, world, port, algo_name, out_path):
+def train_slice(rank, world, rdzv, algo_name, out_path):
     """Train 8 workers split over `world` processes; rank 0 saves all rows of x."""
     from distsgd import make_task, train
     from distsgd.comm.torchdist import TorchDistCommunicator
 
-    _init(rank, world, port)
+    _init(rank, world, rdzv)
     try:
         task = make_task("digits", n_workers=8, model="mlp", hidden=(16,), batch_size=8, seed=0)
         algo = make_algorithm(algo_name)
@@ -63,12 +63,12 @@ def train_slice(rank, world, port, algo_name, out_path):
         _leave()
 
 
-def primitives(rank, world, port, out_path):
+def primitives(rank, world, rdzv, out_path):
     """exchange, gather/broadcast, all_gather and gossip on a torus over `world` processes."""
     from distsgd import make_topology
     from distsgd.comm.torchdist import TorchDistCommunicator
 
-    _init(rank, world, port)
+    _init(rank, world, rdzv)
     try:
         n, d = 12, 5
         comm = TorchDistCommunicator(n)
@@ -90,12 +90,12 @@ def primitives(rank, world, port, out_path):
         _leave()
 
 
-def schedules_vs_all_reduce(rank, world, port, out_path):
+def schedules_vs_all_reduce(rank, world, rdzv, out_path):
     """Every schedule executed with point-to-point ops equals dist.all_reduce."""
     from distsgd.collectives import build_schedule, make_interconnect
     from distsgd.collectives.executor import ScheduleRunner
 
-    _init(rank, world, port)
+    _init(rank, world, rdzv)
     try:
         results = {}
         g = torch.Generator().manual_seed(rank)

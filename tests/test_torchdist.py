@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 import torch.multiprocessing as mp
-from dist_helpers import free_port, make_algorithm, primitives, train_slice
+from dist_helpers import make_algorithm, primitives, rendezvous, train_slice
 
 from distsgd import SimulatedCommunicator, make_task, make_topology, train
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="no
 @pytest.mark.parametrize("algo_name", ["allreduce", "dpsgd_ring", "signum", "ef21_topk", "ef_topk"])
 def test_simulated_and_torch_distributed_give_the_same_parameters(tmp_path, algo_name):
     out = tmp_path / "x.pt"
-    mp.spawn(train_slice, args=(2, free_port(), algo_name, str(out)), nprocs=2, join=True)
+    mp.spawn(train_slice, args=(2, rendezvous(), algo_name, str(out)), nprocs=2, join=True)
     got = torch.load(out)
     task = make_task("digits", n_workers=8, model="mlp", hidden=(16,), batch_size=8, seed=0)
     ref = train(task, make_algorithm(algo_name), steps=20, eval_every=10, seed=3)
@@ -31,7 +31,7 @@ def test_simulated_and_torch_distributed_give_the_same_parameters(tmp_path, algo
 
 def test_point_to_point_primitives_match_the_simulation(tmp_path):
     out = tmp_path / "p.pt"
-    mp.spawn(primitives, args=(3, free_port(), str(out)), nprocs=3, join=True)
+    mp.spawn(primitives, args=(3, rendezvous(), str(out)), nprocs=3, join=True)
     got = torch.load(out)
     n, d = 12, 5
     sim = SimulatedCommunicator(n)
@@ -88,7 +88,7 @@ def test_schedules_run_over_point_to_point_and_equal_all_reduce(tmp_path, world)
     from dist_helpers import schedules_vs_all_reduce
 
     out = tmp_path / "s.pt"
-    mp.spawn(schedules_vs_all_reduce, args=(world, free_port(), str(out)), nprocs=world, join=True)
+    mp.spawn(schedules_vs_all_reduce, args=(world, rendezvous(), str(out)), nprocs=world, join=True)
     results = torch.load(out)
     assert len(results) >= 5
     assert all(results.values()), results
