@@ -25,6 +25,7 @@ from _common import RESULTS, write_result  # noqa: E402
 
 from distsgd.collectives import build_schedule, make_interconnect, simulate, steps_lower_bound  # noqa: E402
 from distsgd.collectives.report import compare, human, parse_sizes  # noqa: E402
+from distsgd.plots import save_figure  # noqa: E402
 
 SETUPS = [
     ("torus:4x4", 4, ["ring", "dbtree", "ring2d", "multitree"]),
@@ -140,7 +141,7 @@ def _plot(report: dict) -> None:
         ax.axis("off")
     fig.tight_layout()
     out = RESULTS / "collectives_multitree.png"
-    fig.savefig(out, dpi=100)
+    save_figure(fig, out, dpi=100)
     print(out)
 
 

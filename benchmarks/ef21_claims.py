@@ -213,7 +213,9 @@ def plot(c1, c2):
     ax.set_title("EF21-W gain vs smoothness spread (Top-1)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(RESULTS / "ef21_claims.png", dpi=100)
+    from distsgd.plots import save_figure
+
+    save_figure(fig, RESULTS / "ef21_claims.png", dpi=100)
 
 
 if __name__ == "__main__":

@@ -112,7 +112,9 @@ def plot() -> None:
     axes[2].legend()
     axes[2].grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(RESULTS / "signum_claims.png", dpi=100)
+    from distsgd.plots import save_figure
+
+    save_figure(fig, RESULTS / "signum_claims.png", dpi=100)
     print(RESULTS / "signum_claims.png")
 
 

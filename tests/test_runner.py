@@ -15,30 +15,14 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path):
     topo = make_topology("ring", 4)
     algo = DPSGD(lr=0.05, momentum=0.9, topology=topo)
     net = NetworkModel(straggler_prob=0.3, seed=4)  # the clock's generator must resume too
-    full = train(task, algo, steps=100, eval_every=10, network=net, seed=7, run_dir=tmp_path / "full")
+
+    def run(run_dir, **kw):
+        return train(task, algo, steps=100, eval_every=10, network=net, seed=7, run_dir=run_dir, **kw)
+
+    full = run(tmp_path / "full")
     part_dir = tmp_path / "part"
-    train(
-        task,
-        algo,
-        steps=100,
-        eval_every=10,
-        network=net,
-        seed=7,
-        run_dir=part_dir,
-        checkpoint_every=50,
-        stop_after=60,
-    )  # dies at 60: rows 51..60 must be dropped
-    resumed = train(
-        task,
-        algo,
-        steps=100,
-        eval_every=10,
-        network=net,
-        seed=7,
-        run_dir=part_dir,
-        checkpoint_every=50,
-        resume=True,
-    )
+    run(part_dir, checkpoint_every=50, stop_after=60)  # dies at 60: rows 51..60 must be dropped
+    resumed = run(part_dir, checkpoint_every=50, resume=True)
     assert torch.equal(full.state["x"], resumed.state["x"])
     assert torch.equal(full.state["momentum"], resumed.state["momentum"])
     rows_full = [json.loads(x) for x in (tmp_path / "full/metrics.jsonl").read_text().splitlines()]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import networkx as nx
 import numpy as np
@@ -174,6 +175,11 @@ class Topology:
 
     def degrees(self) -> list[int]:
         return [self.graph.degree(i) for i in range(self.n)]
+
+    @cached_property
+    def degree_tensor(self) -> torch.Tensor:
+        """Neighbours per worker [n] (int64), computed once: gossip traffic uses it every step."""
+        return torch.tensor(self.degrees(), dtype=torch.int64)
 
     def summary(self) -> dict:
         return {

@@ -144,7 +144,7 @@ class CommunicatorBase:
     def _record_gossip(self, b: int, topology: Topology) -> None:
         if self.n == 1:
             return
-        deg = _gossip_degrees(topology)
+        deg = topology.degree_tensor
         self.traffic.record(deg * b, deg * b, deg, self.network.transfer_seconds(1, float(deg.max()) * b))
 
     def _record_exchange(self, b: int, pairs) -> None:
@@ -193,12 +193,6 @@ class CommunicatorBase:
     def load_state_dict(self, s: dict) -> None:
         self.traffic.load_state_dict(s["traffic"])
         self.clock.load_state_dict(s["clock"])
-
-
-def _gossip_degrees(topology: Topology) -> torch.Tensor:
-    w = topology.mixing
-    off = (w != 0) & ~torch.eye(w.shape[0], dtype=torch.bool)
-    return off.sum(1)
 
 
 def check_pairs(pairs, n: int) -> None:
