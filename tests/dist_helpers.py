@@ -40,8 +40,9 @@ def _leave():
 
 def make_algorithm(name):
     from distsgd import DPSGD, AllReduceSGD, make_topology
-    from distsgd.algorithms import EF21, CompressedSGD, Signum
+    from distsgd.algorithms import D2, EF21, ChocoSGD, CompressedSGD, RobustSGD, Signum
     from distsgd.compress import TopK
+    from distsgd.robust import BGMD, Attack, GeometricMedian
 
     return {
         "allreduce": lambda: AllReduceSGD(lr=0.1, momentum=0.9),
@@ -49,6 +50,20 @@ def make_algorithm(name):
         "signum": lambda: Signum(lr=1e-2),
         "ef21_topk": lambda: EF21(lr=0.1, compressor=TopK(k=20)),
         "ef_topk": lambda: CompressedSGD(lr=0.1, compressor=TopK(k=20)),
+        "d2_ring": lambda: D2(lr=0.1, topology=make_topology("ring", 8)),
+        "choco_topk": lambda: ChocoSGD(
+            lr=0.1, momentum=0.9, topology=make_topology("exponential", 8), compressor=TopK(k=20), gamma=0.3
+        ),
+        "robust_geomed_alie": lambda: RobustSGD(
+            lr=0.1,
+            aggregator=GeometricMedian(f=2),
+            attack=Attack("alie"),
+            byzantine=(1, 6),
+            worker_momentum=0.9,
+        ),
+        "robust_bgmd_label_flip": lambda: RobustSGD(
+            lr=0.1, aggregator=BGMD(f=2, beta=0.2), attack=Attack("label_flip"), byzantine=(2, 5)
+        ),
     }[name]()
 
 

@@ -53,6 +53,31 @@ def _err(capsys):
         (('name = "ring"', 'name = "torus"'), "2x2 torus"),  # does not fit n = 4
         (("n_workers = 4", "n_workers = 0"), "n_workers: Input should be greater than or equal to 1"),
         (("batch_size = 8", "batch_size = 900"), "fewer than batch_size=900"),
+        (  # the geometric median has no guarantee for 2 Byzantine workers of 4
+            (
+                'name = "dpsgd"\nlr = 0.1',
+                'name = "robust_sgd"\nlr = 0.1\nf = 2\n[algorithm.aggregator]\nname = "geomed"',
+            ),
+            "geomed has no guarantee for n=4, f=2: it needs f < n/2",
+        ),
+        (
+            (
+                'name = "dpsgd"\nlr = 0.1',
+                'name = "robust_sgd"\nlr = 0.1\nf = 1\n[algorithm.aggregator]\nname = "krum"',
+            ),
+            "krum has no guarantee for n=4, f=1: it needs n > 2f + 2",
+        ),
+        (
+            (
+                'name = "dpsgd"\nlr = 0.1',
+                'name = "robust_gossip"\nlr = 0.1\nf = 1\n[algorithm.attack]\nkind = "adaptive"',
+            ),
+            "adaptive attack targets one server aggregator",
+        ),
+        (  # an even Metropolis ring has λ_min = −1/3 exactly
+            ('name = "dpsgd"\nlr = 0.1', 'name = "d2"\nlr = 0.1\nlazy = false'),
+            "D² needs λ_min(W) > −1/3",
+        ),
     ],
 )
 def test_bad_configs_give_one_line_and_exit_2(tmp_path, capsys, edit, expected):

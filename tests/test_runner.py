@@ -53,3 +53,35 @@ def test_training_reduces_the_loss():
     res = train(task, DPSGD(lr=0.1, topology=make_topology("ring", 4)), steps=150, eval_every=50)
     assert res.metrics[-1]["train_loss"] < 0.6 * res.metrics[0]["train_loss"]
     assert res.metrics[-1]["test_acc"] > 0.8
+
+
+def test_lr_schedules_scale_the_algorithms_lr():
+    import math
+    from dataclasses import dataclass
+
+    from distsgd.lr_schedule import LRSchedule
+
+    @dataclass(frozen=True)
+    class Recorder:  # records the lr it is stepped with
+        lr: float
+        name: str = "recorder"
+
+        def init(self, x0, comm):
+            return {"x": x0.clone(), "lrs": []}
+
+        def step(self, state, oracle, comm):
+            oracle(state["x"])
+            return {"x": state["x"], "lrs": state["lrs"] + [self.lr]}
+
+    task = _task()
+    steps = 20
+    cases = {
+        LRSchedule(): [2.0] * steps,
+        LRSchedule("step", milestones=(0.25, 0.5), gamma=0.5): [2.0] * 5 + [1.0] * 5 + [0.5] * 10,
+        LRSchedule("cosine", warmup=4): [2.0 * (t + 1) / 4 for t in range(4)]
+        + [1.0 + math.cos(math.pi * (t - 4) / 16) for t in range(4, steps)],
+    }
+    for schedule, expected in cases.items():
+        r = train(task, Recorder(lr=2.0), steps=steps, lr_schedule=schedule)
+        assert all(math.isclose(a, b) for a, b in zip(r.state["lrs"], expected, strict=True))
+    assert r.summary["lr_schedule"]["kind"] == "cosine"

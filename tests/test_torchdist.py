@@ -15,7 +15,20 @@ from distsgd import SimulatedCommunicator, make_task, make_topology, train
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
 
 
-@pytest.mark.parametrize("algo_name", ["allreduce", "dpsgd_ring", "signum", "ef21_topk", "ef_topk"])
+@pytest.mark.parametrize(
+    "algo_name",
+    [
+        "allreduce",
+        "dpsgd_ring",
+        "signum",
+        "ef21_topk",
+        "ef_topk",
+        "robust_geomed_alie",
+        "robust_bgmd_label_flip",
+        "d2_ring",
+        "choco_topk",
+    ],
+)
 def test_simulated_and_torch_distributed_give_the_same_parameters(tmp_path, algo_name):
     out = tmp_path / "x.pt"
     mp.spawn(train_slice, args=(2, rendezvous(), algo_name, str(out)), nprocs=2, join=True)

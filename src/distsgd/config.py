@@ -11,9 +11,22 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .algorithms import DPSGD, EF21, AllReduceSGD, CompressedSGD, LocalSGD, Signum
+from .algorithms import (
+    ADPSGD,
+    D2,
+    DPSGD,
+    EF21,
+    AllReduceSGD,
+    ChocoSGD,
+    CompressedSGD,
+    LocalSGD,
+    RobustGossip,
+    RobustSGD,
+    Signum,
+)
 from .comm.network import NetworkModel
 from .errors import UserError
+from .robust import ATTACKS, RULES, Attack, make_aggregator, pick_byzantine
 from .tasks import make_task
 from .topology import MIXINGS, TOPOLOGIES, make_topology
 
@@ -53,9 +66,24 @@ class NetworkConfig(_Strict):
     speed_range: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = None
     straggler_prob: float = Field(0.0, ge=0, le=1)
     straggler_slowdown: float = Field(4.0, ge=1)
+    speed_jitter: float = Field(0.0, ge=0)
+    link_slow_prob: float = Field(0.0, ge=0, le=1)
+    link_slowdown: float = Field(4.0, ge=1)
     interconnect: str | None = None  # e.g. "torus:4x4": all-reduce time from the packet simulator
     allreduce: Literal["ring", "hd", "dbtree", "ring2d", "hierarchical", "multitree"] = "ring"
     nis: int = Field(1, ge=1)
+
+
+class LRScheduleConfig(_Strict):
+    kind: Literal["constant", "cosine", "step"] = "constant"
+    warmup: int = Field(0, ge=0)
+    milestones: list[Annotated[float, Field(gt=0, lt=1)]] = [0.5, 0.75]
+    gamma: float = Field(0.1, gt=0, le=1)
+
+    def build(self):
+        from .lr_schedule import LRSchedule
+
+        return LRSchedule(self.kind, self.warmup, tuple(self.milestones), self.gamma)
 
 
 class _SGDConfig(_Strict):
@@ -116,12 +144,100 @@ class EF21Config(_Strict):
     compressor: CompressorConfig = CompressorConfig()
 
 
+class AggregatorConfig(_Strict):
+    name: Literal[tuple(RULES)] = "geomed"  # type: ignore[valid-type]
+    nnm: bool = False  # nearest-neighbour mixing first (Allouah et al. 2023)
+    bucket: int = Field(1, ge=1)  # bucketing with buckets of this size (1: none)
+    tau: float = Field(1.0, gt=0)  # cclip radius
+    iterations: int = Field(1, ge=1)  # cclip iterations
+    beta: float = Field(0.1, gt=0, le=1)  # bgmd block fraction
+    selection: Literal["sample", "topk"] = "sample"  # bgmd block choice
+    m: int | None = Field(None, ge=1)  # multikrum: how many to average
+
+    def build(self, f: int, seed: int = 0):
+        extra = {
+            "cclip": {"tau": self.tau, "iterations": self.iterations},
+            "bgmd": {"beta": self.beta, "selection": self.selection, "seed": seed},
+            "multikrum": {"m": self.m},
+        }.get(self.name, {})
+        return make_aggregator(self.name, f, nnm=self.nnm, bucket=self.bucket, **extra)
+
+
+class AttackConfig(_Strict):
+    kind: Literal[ATTACKS] = "none"  # type: ignore[valid-type]
+    scale: float | None = Field(None, gt=0)  # c, noise σ, ALIE z or IPM ε (None: the paper's)
+
+
+class D2Config(_Strict):
+    name: Literal["d2"]
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    lazy: Literal["auto"] | bool = "auto"  # (W + I)/2 when λ_min(W) ≤ −1/3
+
+
+class ChocoSGDConfig(_SGDConfig):
+    name: Literal["choco_sgd"]
+    compressor: CompressorConfig = CompressorConfig()
+    gamma: float = Field(1.0, gt=0, le=1)  # consensus step size
+
+
+class ADPSGDConfig(_Strict):
+    name: Literal["adpsgd"]
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    split: Literal["auto", "none"] = "auto"  # active/passive sets on a bipartite graph
+
+
+class _RobustConfig(_Strict):
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    worker_momentum: float = Field(0.9, ge=0, lt=1)
+    f: int = Field(0, ge=0)  # Byzantine workers, drawn with byzantine_seed and recorded
+    byzantine_seed: int = Field(0, ge=0)
+    attack: AttackConfig = AttackConfig()
+    check: bool = True  # refuse an (n, f) outside the rule's guarantee
+
+
+class RobustSGDConfig(_RobustConfig):
+    name: Literal["robust_sgd"]
+    momentum: float = Field(0.0, ge=0, lt=1)
+    aggregator: AggregatorConfig = AggregatorConfig()
+
+
+class RobustGossipConfig(_RobustConfig):
+    name: Literal["robust_gossip"]
+    aggregator: AggregatorConfig | None = None  # None: ClippedGossip with radius tau
+    tau: float = Field(1.0, gt=0)
+
+
 AlgorithmConfig = Annotated[
-    AllReduceConfig | LocalSGDConfig | DPSGDConfig | CompressedSGDConfig | SignumConfig | EF21Config,
+    AllReduceConfig
+    | LocalSGDConfig
+    | DPSGDConfig
+    | CompressedSGDConfig
+    | SignumConfig
+    | EF21Config
+    | RobustSGDConfig
+    | RobustGossipConfig
+    | D2Config
+    | ChocoSGDConfig
+    | ADPSGDConfig,
     Field(discriminator="name"),
 ]
-ALGORITHMS = ("allreduce_sgd", "local_sgd", "dpsgd", "compressed_sgd", "signum", "ef21")
-DECENTRALIZED = ("dpsgd",)
+ALGORITHMS = (
+    "allreduce_sgd",
+    "local_sgd",
+    "dpsgd",
+    "compressed_sgd",
+    "signum",
+    "ef21",
+    "robust_sgd",
+    "robust_gossip",
+    "d2",
+    "choco_sgd",
+    "adpsgd",
+)
+DECENTRALIZED = ("dpsgd", "robust_gossip", "d2", "choco_sgd", "adpsgd")
 
 
 class RunConfig(_Strict):
@@ -137,6 +253,7 @@ class RunConfig(_Strict):
     algorithm: AlgorithmConfig
     topology: TopologyConfig = TopologyConfig()
     network: NetworkConfig = NetworkConfig()
+    lr_schedule: LRScheduleConfig = LRScheduleConfig()
 
     @model_validator(mode="after")
     def _fits(self):
@@ -144,6 +261,10 @@ class RunConfig(_Strict):
             raise ValueError(
                 f"network.speeds has {len(self.network.speeds)} entries for n_workers={self.n_workers}"
             )
+        if isinstance(self.algorithm, RobustSGDConfig | RobustGossipConfig):
+            if self.algorithm.f >= self.n_workers:
+                raise ValueError(f"algorithm.f = {self.algorithm.f} must be < n_workers = {self.n_workers}")
+            _algorithm(self).validate(self.n_workers)
         return self
 
 
@@ -208,7 +329,11 @@ def build(cfg: RunConfig):
         heterogeneity=t.heterogeneity,
         seed=cfg.seed,
     )
-    return task, _algorithm(cfg), _network(cfg)
+    try:
+        algorithm = _algorithm(cfg)
+    except ValueError as e:  # a combination the algorithm refuses (e.g. D² on λ_min ≤ −1/3 without lazy)
+        raise UserError(f"algorithm: {e}") from None
+    return task, algorithm, _network(cfg)
 
 
 def _algorithm(cfg: RunConfig):
@@ -217,21 +342,51 @@ def _algorithm(cfg: RunConfig):
         return Signum(lr=a.lr, beta=a.beta, weight_decay=a.weight_decay, aggregate=a.aggregate)
     if isinstance(a, EF21Config):
         return EF21(lr=a.lr, compressor=a.compressor.build(), seed=cfg.seed)
+    if isinstance(a, RobustSGDConfig | RobustGossipConfig):
+        return _robust(cfg, a)
+    if isinstance(a, D2Config):
+        return D2(lr=a.lr, topology=_topology(cfg), weight_decay=a.weight_decay, lazy=a.lazy)
+    if isinstance(a, ADPSGDConfig):
+        return ADPSGD(
+            lr=a.lr, topology=_topology(cfg), weight_decay=a.weight_decay, split=a.split, seed=cfg.seed
+        )
     sgd = {"lr": a.lr, "momentum": a.momentum, "weight_decay": a.weight_decay}
     if isinstance(a, CompressedSGDConfig):
         return CompressedSGD(
             **sgd, compressor=a.compressor.build(), error_feedback=a.error_feedback, seed=cfg.seed
         )
     sgd["nesterov"] = a.nesterov
+    if isinstance(a, ChocoSGDConfig):
+        return ChocoSGD(
+            **sgd, topology=_topology(cfg), compressor=a.compressor.build(), gamma=a.gamma, seed=cfg.seed
+        )
     if isinstance(a, AllReduceConfig):
         return AllReduceSGD(**sgd)
     if isinstance(a, LocalSGDConfig):
         return LocalSGD(**sgd, local_steps=a.local_steps, average_momentum=a.average_momentum)
+    return DPSGD(**sgd, topology=_topology(cfg), variant=a.variant)
+
+
+def _topology(cfg: RunConfig):
     tp = cfg.topology
-    topo = make_topology(
+    return make_topology(
         tp.name, cfg.n_workers, tp.mixing, degree=tp.degree, p=tp.p, rows=tp.rows, seed=cfg.seed
     )
-    return DPSGD(**sgd, topology=topo, variant=a.variant)
+
+
+def _robust(cfg: RunConfig, a):
+    common = {
+        "lr": a.lr,
+        "weight_decay": a.weight_decay,
+        "worker_momentum": a.worker_momentum,
+        "attack": Attack(a.attack.kind, a.attack.scale, seed=cfg.seed),
+        "byzantine": pick_byzantine(cfg.n_workers, a.f, a.byzantine_seed),
+        "check": a.check,
+    }
+    if isinstance(a, RobustSGDConfig):
+        return RobustSGD(**common, momentum=a.momentum, aggregator=a.aggregator.build(a.f, cfg.seed))
+    rule = "clipped" if a.aggregator is None else a.aggregator.build(a.f, cfg.seed)
+    return RobustGossip(**common, topology=_topology(cfg), rule=rule, tau=a.tau)
 
 
 def _network(cfg: RunConfig) -> NetworkModel:
@@ -245,6 +400,9 @@ def _network(cfg: RunConfig) -> NetworkModel:
         speed_range=tuple(nw.speed_range) if nw.speed_range else None,
         straggler_prob=nw.straggler_prob,
         straggler_slowdown=nw.straggler_slowdown,
+        speed_jitter=nw.speed_jitter,
+        link_slow_prob=nw.link_slow_prob,
+        link_slowdown=nw.link_slowdown,
         seed=cfg.seed,
         interconnect=nw.interconnect,
         allreduce=nw.allreduce,
@@ -277,4 +435,5 @@ def run_config(cfg: RunConfig, run_dir, *, backend: str = "sim", resume: bool = 
         name=cfg.name,
         config=cfg.model_dump(),
         compile=cfg.compile,
+        lr_schedule=cfg.lr_schedule.build(),
     )

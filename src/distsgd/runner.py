@@ -22,7 +22,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from pathlib import Path
 
 import torch
@@ -31,6 +31,7 @@ from .comm.base import Communicator
 from .comm.network import NetworkModel
 from .comm.simulated import SimulatedCommunicator
 from .errors import UserError
+from .lr_schedule import LRSchedule
 from .tasks.task import Task
 from .topology import Topology
 from .workers import Workers
@@ -93,7 +94,14 @@ def _describe(algorithm) -> dict:
     """Hyperparameters for the summary; a topology is shown by its summary."""
     if not is_dataclass(algorithm):
         return {"name": getattr(algorithm, "name", type(algorithm).__name__)}
-    return {k: v.summary() if isinstance(v, Topology) else v for k, v in vars(algorithm).items()}
+    out = {}
+    for k, v in vars(algorithm).items():
+        if isinstance(v, Topology):
+            v = v.summary()
+        elif is_dataclass(v):  # an aggregator, attack or compressor: its type and fields
+            v = {"type": type(v).__name__, **_describe(v)}
+        out[k] = v
+    return out
 
 
 class _Progress:
@@ -149,16 +157,22 @@ def train(
     name: str | None = None,
     config: dict | None = None,
     compile: bool = False,
+    lr_schedule: LRSchedule | None = None,
 ) -> RunResult:
     """Train `task` with `algorithm` for `steps` steps; returns metrics, summary and state.
 
     One step is one stochastic gradient per worker (plus whatever the algorithm sends), so
     algorithms compare at equal computation. `stop_after` ends the run early as if it
     were interrupted there (used to test resuming). `compile` runs the per-worker gradient
-    through torch.compile (faster for long runs, ~25 s to compile first).
+    through torch.compile (faster for long runs, ~25 s to compile first). `lr_schedule`
+    scales the algorithm's `lr` step by step (see `distsgd.lr_schedule`).
     """
     if steps < 1:
         raise UserError(f"steps must be >= 1, got {steps}")
+    if lr_schedule is not None and lr_schedule.kind == "constant" and not lr_schedule.warmup:
+        lr_schedule = None
+    if lr_schedule is not None and not hasattr(algorithm, "lr"):
+        raise UserError(f"{type(algorithm).__name__} has no lr for a learning-rate schedule to scale")
     eval_every = eval_every or max(1, steps // 20)
     comm = comm or SimulatedCommunicator(task.n, network)
     if comm.n != task.n:
@@ -169,12 +183,14 @@ def train(
     out = Path(run_dir) if run_dir is not None else None
     ckpt_path = out / (f"checkpoint-rank{rank}.pt" if comm.m != comm.n else "checkpoint.pt") if out else None
 
+    if hasattr(algorithm, "prepare_task"):  # e.g. label flipping by Byzantine workers
+        task = algorithm.prepare_task(task)
     workers = Workers(task, seed=seed, start=comm.start, m=comm.m, compile=compile)
     state = algorithm.init(workers.x0(), comm)
     metrics: list[dict] = []
     start_step, wall_offset = 0, 0.0
     loss_sum = torch.zeros(comm.m, dtype=torch.float64)
-    loss_count = 0
+    loss_count = torch.zeros(comm.m, dtype=torch.float64)
 
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -196,12 +212,17 @@ def train(
         _atomic_write(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in metrics).encode())
         _atomic_write(out / "metrics.csv", _csv_text(metrics).encode())
 
-    def oracle(x: torch.Tensor) -> torch.Tensor:
-        nonlocal loss_sum, loss_count
-        g, loss = workers.gradients(x)
-        comm.compute()
-        loss_sum += loss.detach().double()
-        loss_count += 1
+    def oracle(x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Gradients of every local worker at x[m, d]; with `rows` (asynchronous algorithms,
+        which keep their own clock), of those workers only, at x[len(rows), d]."""
+        g, loss = workers.gradients(x, rows)
+        if rows is None:
+            comm.compute()
+            loss_sum.add_(loss.detach().double())
+            loss_count.add_(1)
+        else:
+            loss_sum.index_add_(0, rows, loss.detach().double())
+            loss_count.index_add_(0, rows, torch.ones(len(rows), dtype=torch.float64))
         return g
 
     samples_per_step = task.n * task.batch_size
@@ -215,24 +236,32 @@ def train(
         x = state["x"]
         xbar = comm.average(x)
         consensus = comm.consensus_distance(x)
-        batch_loss = float(comm.average((loss_sum / max(loss_count, 1)).unsqueeze(1)))
+        batch_loss = float(comm.average((loss_sum / loss_count.clamp(min=1)).unsqueeze(1)))
         loss_sum = torch.zeros_like(loss_sum)
-        loss_count = 0
+        loss_count = torch.zeros_like(loss_count)
         row = {"step": step, "epoch": step * samples_per_step / train_size, "batch_loss": batch_loss}
         if writer:
             f = workers.outputs(xbar)
             row.update(task.evaluate(f, "train"))
             row.update(task.evaluate(f, "test"))
+            if consensus > 1e-12:  # decentralized: a worker's own model too, not only the average
+                own = task.evaluate(workers.outputs(x[0]), "test")
+                row.update({f"worker0_{k}": v for k, v in own.items()})
         row["consensus_distance"] = consensus
+        if hasattr(algorithm, "metrics"):
+            row.update(algorithm.metrics(state))
         traffic = comm.traffic.summary()
         for k in ("bytes_sent_per_worker", "bytes_sent_max_worker", "messages_per_worker", "sim_seconds"):
             row[k] = traffic[k]
         row["wall_seconds"] = wall_offset + time.perf_counter() - t0
         return row
 
+    scaled, factor = algorithm, 1.0
     try:
         for t in range(start_step, last):
-            state = algorithm.step(state, oracle, comm)
+            if lr_schedule is not None and (f := lr_schedule.factor(t, steps)) != factor:
+                scaled, factor = replace(algorithm, lr=algorithm.lr * f), f
+            state = scaled.step(state, oracle, comm)
             step = t + 1
             if step % eval_every == 0 or step == steps:
                 row = evaluate(step)
@@ -273,6 +302,7 @@ def train(
         "steps": last,
         "finished": last == steps,
         "algorithm": _describe(algorithm),
+        "lr_schedule": asdict(lr_schedule) if lr_schedule is not None else None,
         "task": task.description,
         "workers": task.n,
         "parameters": workers.d,

@@ -181,6 +181,11 @@ class Topology:
         """Neighbours per worker [n] (int64), computed once: gossip traffic uses it every step."""
         return torch.tensor(self.degrees(), dtype=torch.int64)
 
+    def lazy(self) -> Topology:
+        """The same graph with the lazy mixing matrix (W + I)/2: eigenvalues (λ + 1)/2 ≥ 0."""
+        w = (self.mixing + torch.eye(self.n, dtype=self.mixing.dtype)) / 2
+        return Topology(name=self.name, graph=self.graph, mixing=w, mixing_kind=f"lazy {self.mixing_kind}")
+
     def summary(self) -> dict:
         return {
             "topology": self.name,
@@ -189,6 +194,7 @@ class Topology:
             "edges": self.graph.number_of_edges(),
             "max_degree": max(self.degrees()) if self.n > 1 else 0,
             "spectral_gap": self.spectral_gap,
+            "lambda_min": self.lambda_min,
         }
 
 

@@ -84,6 +84,8 @@ class Workers:
         self.model = task.model
         ids = range(start, start + self.m)
         self.shards = [task.shards[i] for i in ids]
+        flip = [i - start for i in task.label_flip if start <= i < start + self.m]
+        self._flip = torch.tensor(flip, dtype=torch.long) if flip else None
         self.generators = [torch.Generator().manual_seed(_worker_seed(seed, i)) for i in ids]
         b = self.batch_size
         self.sizes = torch.tensor([len(s) for s in self.shards])
@@ -116,25 +118,44 @@ class Workers:
         """The common initial parameters, one row per local worker [m, d]."""
         return self.flat.flatten(self.model).unsqueeze(0).repeat(self.m, 1)
 
-    def next_batch(self) -> torch.Tensor:
-        """Indices [m, B] of every local worker's next mini-batch."""
-        for i in torch.nonzero(self.taken >= self.capacity).flatten().tolist():
+    def next_batch(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Indices [m, B] of every local worker's next mini-batch, or [len(rows), B] of the
+        local workers `rows` only (asynchronous algorithms): each worker's sequence of
+        batches is the same either way."""
+        empty = self.taken >= self.capacity
+        if rows is not None:
+            empty = torch.zeros_like(empty).index_fill_(0, rows, True) & empty
+        for i in torch.nonzero(empty).flatten().tolist():
             size, epochs, lo = int(self.sizes[i]), int(self.epochs[i]), int(self.base[i])
             keys = torch.rand(epochs, size, generator=self.generators[i])
             self.perm[lo : lo + epochs * size] = self.shards[i][keys.argsort(dim=1)].reshape(-1)
             self.taken[i] = 0
-        epoch, k = self.taken // self.per_epoch, self.taken % self.per_epoch
-        first = self.base + epoch * self.sizes + k * self.batch_size
-        self.taken += 1
+        if rows is None:
+            epoch, k = self.taken // self.per_epoch, self.taken % self.per_epoch
+            first = self.base + epoch * self.sizes + k * self.batch_size
+            self.taken += 1
+        else:
+            taken = self.taken[rows]
+            epoch, k = taken // self.per_epoch[rows], taken % self.per_epoch[rows]
+            first = self.base[rows] + epoch * self.sizes[rows] + k * self.batch_size
+            self.taken[rows] += 1
         return self.perm[first.unsqueeze(1) + self._arange]
 
-    def gradients(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One stochastic gradient per worker at its own row of x[m, d]: (g[m, d], loss[m])."""
-        idx = self.next_batch()
+    def gradients(
+        self, x: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One stochastic gradient per worker at its own row of x[m, d]: (g[m, d], loss[m]).
+        With `rows` (local indices), x holds those workers' rows only and only they draw."""
+        idx = self.next_batch(rows)
         data = self.task.dataset
+        y = data.y[idx]
+        if self._flip is not None:
+            flip = self._flip if rows is None else torch.nonzero(torch.isin(rows, self._flip)).flatten()
+            y[flip] = self.task.flipped(y[flip])
+        k = x.shape[0]
         layers = {name: self.flat.layer(x, name) for name in self.flat.names}
-        grads, loss = self._grad(layers, data.x[idx], data.y[idx])
-        g = torch.cat([grads[name].reshape(self.m, -1) for name in self.flat.names], dim=1)
+        grads, loss = self._grad(layers, data.x[idx], y)
+        g = torch.cat([grads[name].reshape(k, -1) for name in self.flat.names], dim=1)
         return g, loss
 
     def outputs(self, p: torch.Tensor):

@@ -1,14 +1,21 @@
 """Distributed SGD algorithms, one module each, named after the paper's algorithm."""
 
+from .adpsgd import ADPSGD
 from .allreduce_sgd import AllReduceSGD
 from .base import Algorithm, Oracle, State, sgd_direction
+from .choco_sgd import ChocoSGD
 from .compressed_sgd import CompressedSGD
+from .d2 import D2
 from .dpsgd import DPSGD
 from .ef21 import EF21, ef21_stepsize
 from .local_sgd import LocalSGD
+from .robust_sgd import RobustGossip, RobustSGD
 from .signum import Signum, majority_vote
 
 __all__ = [
+    "ADPSGD",
+    "D2",
+    "ChocoSGD",
     "DPSGD",
     "EF21",
     "Algorithm",
@@ -16,6 +23,8 @@ __all__ = [
     "CompressedSGD",
     "LocalSGD",
     "Oracle",
+    "RobustGossip",
+    "RobustSGD",
     "Signum",
     "State",
     "ef21_stepsize",

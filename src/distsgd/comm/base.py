@@ -52,6 +52,7 @@ class Traffic:
     server_received: float = 0.0
     comm_seconds: float = 0.0
     compute_seconds: float = 0.0
+    clock: float | None = None  # an asynchronous algorithm's event clock, when it keeps one
 
     @classmethod
     def zeros(cls, n: int) -> Traffic:
@@ -63,8 +64,9 @@ class Traffic:
 
     @property
     def seconds(self) -> float:
-        """Simulated wall-clock: compute and communication, no overlap assumed."""
-        return self.comm_seconds + self.compute_seconds
+        """Simulated wall-clock: compute and communication, no overlap assumed; for an
+        asynchronous algorithm, its event clock (compute and transfers overlap per worker)."""
+        return self.clock if self.clock is not None else self.comm_seconds + self.compute_seconds
 
     def record(self, sent, received, messages, seconds: float) -> None:
         self.sent += sent
@@ -110,6 +112,7 @@ class Communicator(Protocol):
     def gather_payload(self, p): ...  # compressed messages to the server (a collective)
     def all_gather_payload(self, p): ...  # compressed messages to every worker
     def broadcast_payload(self, p): ...  # the server's compressed message to every worker
+    def gossip_payload(self, p, topology, decompress): ...  # compressed messages to neighbours, mixed
     def average(self, x: torch.Tensor) -> torch.Tensor: ...
     def compute(self) -> None: ...
 
@@ -154,6 +157,13 @@ class CommunicatorBase:
         if paired.any():
             self.traffic.record(paired * b, paired * b, paired, self.network.transfer_seconds(1, b))
 
+    def record_pair_exchange(self, i: int, j: int, b: int) -> None:
+        """Workers i and j swap b bytes (an asynchronous pairwise averaging); time is the
+        caller's event clock."""
+        one = torch.zeros(self.n, dtype=torch.float64)
+        one[i] = one[j] = 1
+        self.traffic.record(one * b, one * b, one.long(), 0.0)
+
     def _record_gather(self, b: int) -> None:
         t = self.traffic
         t.record(float(b), 0.0, 1, self.network.transfer_seconds(1, self.n * b, server=True))
@@ -176,6 +186,14 @@ class CommunicatorBase:
         (n−1)·b bytes each way per worker) and gets all n rows."""
         self._record_all_gather(p.nbytes_per_worker)
         return self._gather_rows(p)
+
+    def gossip_payload(self, p, topology, decompress):
+        """Every worker sends its compressed message to its neighbours (gossip traffic at the
+        payload's wire size); returns Σ_j W_ij decompress(p_j) for the local workers [m, d]."""
+        if topology.n != self.n:
+            raise ValueError(f"topology has {topology.n} nodes, communicator {self.n} workers")
+        self._record_gossip(p.nbytes_per_worker, topology)
+        return self._mix_payload(p, topology, decompress)
 
     def broadcast_payload(self, p):
         """The server sends one compressed message (rows: 1) to every worker."""

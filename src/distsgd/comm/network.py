@@ -42,6 +42,9 @@ class NetworkModel:
     speed_range: tuple[float, float] | None = None  # draw speeds log-uniformly in [lo, hi]
     straggler_prob: float = 0.0
     straggler_slowdown: float = 4.0
+    speed_jitter: float = 0.0  # σ: every gradient's time × exp(σ·Z), Z ~ N(0, 1), drawn per gradient
+    link_slow_prob: float = 0.0  # a point-to-point exchange is slow with this probability ...
+    link_slowdown: float = 4.0  # ... and then takes this many times longer (asynchronous gossip)
     seed: int = 0
     interconnect: str | None = None  # e.g. "torus:4x4": simulate all-reduce on it
     allreduce: str = "ring"
@@ -62,6 +65,8 @@ class NetworkModel:
             raise UserError("network: speed_range must be 0 < lo <= hi")
         if self.nis < 1:
             raise UserError("network: nis must be >= 1")
+        if self.speed_jitter < 0 or not 0.0 <= self.link_slow_prob <= 1.0 or self.link_slowdown < 1.0:
+            raise UserError("network: speed_jitter >= 0, link_slow_prob in [0, 1], link_slowdown >= 1")
         if self.interconnect is not None:
             from ..collectives import ALGORITHMS, make_interconnect
 
@@ -105,12 +110,25 @@ class ComputeClock:
             speeds = torch.ones(n, dtype=torch.float64)
         self.speeds = speeds
 
-    def gradient_seconds(self) -> torch.Tensor:
-        """Seconds each worker needs for its next gradient [n] (draws the stragglers)."""
-        t = self.model.compute_seconds / self.speeds
-        if self.model.straggler_prob > 0:
-            slow = torch.rand(self.n, generator=self.generator, dtype=torch.float64)
-            t = torch.where(slow < self.model.straggler_prob, t * self.model.straggler_slowdown, t)
+    def gradient_seconds(self, worker: int | None = None) -> torch.Tensor:
+        """Seconds each worker needs for its next gradient [n] (draws the stragglers and the
+        per-gradient jitter), or worker `worker`'s alone [1] (asynchronous algorithms)."""
+        m = self.model
+        t = m.compute_seconds / (self.speeds if worker is None else self.speeds[worker : worker + 1])
+        k = t.numel()
+        if m.straggler_prob > 0:
+            slow = torch.rand(k, generator=self.generator, dtype=torch.float64)
+            t = torch.where(slow < m.straggler_prob, t * m.straggler_slowdown, t)
+        if m.speed_jitter > 0:
+            t = t * torch.exp(m.speed_jitter * torch.randn(k, generator=self.generator, dtype=torch.float64))
+        return t
+
+    def link_seconds(self, nbytes: float) -> float:
+        """One point-to-point exchange of nbytes each way (full duplex), maybe on a slow link."""
+        m = self.model
+        t = m.latency + nbytes / m.bandwidth
+        if m.link_slow_prob > 0 and float(torch.rand(1, generator=self.generator)) < m.link_slow_prob:
+            t *= m.link_slowdown
         return t
 
     def state_dict(self) -> dict:

@@ -65,6 +65,17 @@ class SimulatedCommunicator(CommunicatorBase):
         self._record_gossip(payload_bytes(x), topology)
         return self._operator(topology)(x)
 
+    def _mix_payload(self, p, topology, decompress):
+        return self._operator(topology)(decompress(p))
+
+    def gossip_rows(self, x: torch.Tensor, topology: Topology) -> torch.Tensor:
+        """Every worker sends its row to its neighbours (gossip traffic) and keeps the rows
+        it receives apart, for a receiver that aggregates them robustly: returns all rows."""
+        if topology.n != self.n:
+            raise ValueError(f"topology has {topology.n} nodes, communicator {self.n} workers")
+        self._record_gossip(payload_bytes(x), topology)
+        return x
+
     def exchange(self, x: torch.Tensor, pairs: list[tuple[int, int]]) -> torch.Tensor:
         """Paired workers swap rows; unpaired workers keep theirs."""
         check_pairs(pairs, self.n)

@@ -78,26 +78,37 @@ class TorchDistCommunicator(CommunicatorBase):
             self._plans[id(topology)] = hit
         return hit[1]
 
-    def gossip(self, x: torch.Tensor, topology: Topology) -> torch.Tensor:
-        if topology.n != self.n:
-            raise ValueError(f"topology has {topology.n} nodes, communicator {self.n} workers")
-        self._record_gossip(payload_bytes(x), topology)
-        plan = self._plan(topology)
-        flat = x.reshape(self.m, -1)
-        buf = flat.new_empty(len(plan.cols), flat.shape[1])
+    def _neighbour_rows(self, flat: torch.Tensor, plan: _GossipPlan) -> torch.Tensor:
+        """The rows of every worker this process's workers mix with [|cols|, ...], point to point."""
+        buf = flat.new_empty(len(plan.cols), *flat.shape[1:])
         buf[plan.local_pos] = flat[plan.local_rows]
         reqs, incoming = [], []
         for q, rows in plan.send.items():
             reqs.append(dist.isend(flat[rows].contiguous(), q, group=self.group))
         for q, pos in plan.recv.items():
-            t = flat.new_empty(len(pos), flat.shape[1])
+            t = flat.new_empty(len(pos), *flat.shape[1:])
             reqs.append(dist.irecv(t, q, group=self.group))
             incoming.append((pos, t))
         for r in reqs:
             r.wait()
         for pos, t in incoming:
             buf[pos] = t
+        return buf
+
+    def gossip(self, x: torch.Tensor, topology: Topology) -> torch.Tensor:
+        if topology.n != self.n:
+            raise ValueError(f"topology has {topology.n} nodes, communicator {self.n} workers")
+        self._record_gossip(payload_bytes(x), topology)
+        plan = self._plan(topology)
+        buf = self._neighbour_rows(x.reshape(self.m, -1), plan)
         return (plan.weights @ buf).reshape(x.shape)
+
+    def _mix_payload(self, p, topology, decompress):
+        from dataclasses import replace
+
+        plan = self._plan(topology)
+        wire = {k: self._neighbour_rows(t, plan) for k, t in p.wire.items()}  # the wire tensors only
+        return plan.weights @ decompress(replace(p, wire=wire))
 
     def exchange(self, x: torch.Tensor, pairs: list[tuple[int, int]]) -> torch.Tensor:
         check_pairs(pairs, self.n)

@@ -32,6 +32,13 @@ class Task:
     model: nn.Module  # the architecture and the common initial parameters x₀
     batch_size: int
     description: dict
+    label_flip: tuple[int, ...] = ()  # workers whose training labels are flipped (an attack)
+
+    def flipped(self, y: torch.Tensor) -> torch.Tensor:
+        """The labels a label-flipping worker sees: C − 1 − y, 1 − y (binary) or −y."""
+        if self.dataset.kind == "multiclass":
+            return self.dataset.num_classes - 1 - y
+        return 1 - y if self.dataset.kind == "binary" else -y
 
     @property
     def n(self) -> int:

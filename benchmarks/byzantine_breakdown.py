@@ -1,0 +1,111 @@
+"""Breakdown table (issue 5): final test accuracy of robust SGD for every aggregator × attack
+× f ∈ {0, 2, 4, 8} of 20 workers, on MNIST-1D with IID and Dirichlet(0.5) shards.
+
+Setting: 1D-CNN, batch 32 per worker, worker momentum β = 0.9 (Karimireddy et al. 2021),
+lr 0.5 (on the momentum average), STEPS steps, one seed; the Byzantine workers are drawn
+with `pick_byzantine(20, f, seed=0)`. Every rule runs without its (n, f) check so that the
+mean's collapse is visible. Two processes run the cells in parallel.
+
+Writes benchmarks/results/byzantine_breakdown.json and .md (the README's table).
+Run: python benchmarks/byzantine_breakdown.py [--steps 500] [--plot-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, write_result  # noqa: E402
+
+N, FS = 20, (2, 4, 8)
+AGGREGATORS = ("mean", "median", "trimmed_mean", "krum", "geomed", "cclip", "bgmd")
+ATTACKS = ("sign_flip", "scaled_flip", "gaussian", "alie", "ipm", "label_flip", "adaptive")
+PARTITIONS = {"iid": {}, "dirichlet0.5": {"partition": "dirichlet", "alpha": 0.5}}
+AGG_OPTIONS = {"cclip": {"tau": 1.0}}
+
+
+def _init():
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@functools.cache
+def _task(partition: str):
+    from distsgd import make_task
+
+    return make_task("mnist1d", n_workers=N, model="cnn1d", batch_size=32, seed=0, **PARTITIONS[partition])
+
+
+def cell(partition: str, agg: str, attack: str, f: int, steps: int) -> tuple:
+    from distsgd import train
+    from distsgd.algorithms import RobustSGD
+    from distsgd.robust import Attack, make_aggregator, pick_byzantine
+
+    algo = RobustSGD(
+        lr=0.5,
+        aggregator=make_aggregator(agg, f, **AGG_OPTIONS.get(agg, {})),
+        attack=Attack(attack),
+        byzantine=pick_byzantine(N, f, seed=0),
+        worker_momentum=0.9,
+        check=False,
+    )
+    r = train(_task(partition), algo, steps=steps, eval_every=steps)
+    acc = r.final.get("test_acc")
+    return partition, agg, attack, f, acc if acc == acc else None  # NaN (diverged) -> None
+
+
+def table(results: dict) -> str:
+    """Markdown: per partition, rows = aggregators, columns = attacks, cells f=2 / 4 / 8."""
+    out = []
+    for part, rows in results.items():
+        out.append(
+            f"\n**{part}** (test accuracy; clean = f 0; cells: f = {' / '.join(map(str, FS))} of {N})\n"
+        )
+        out.append("| aggregator | clean | " + " | ".join(ATTACKS) + " |")
+        out.append("|---" * (len(ATTACKS) + 2) + "|")
+        for agg, r in rows.items():
+            cells = [
+                " / ".join("–" if r[a][str(f)] is None else f"{r[a][str(f)]:.2f}" for f in FS)
+                for a in ATTACKS
+            ]
+            out.append(f"| {agg} | {r['clean']:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--table-only", action="store_true")
+    args = ap.parse_args()
+    if args.table_only:
+        import json
+
+        print(table(json.loads((RESULTS / "byzantine_breakdown.json").read_text())["accuracy"]))
+        return
+    jobs = [(p, a, "none", 0, args.steps) for p in PARTITIONS for a in AGGREGATORS]
+    jobs += [(p, a, k, f, args.steps) for p in PARTITIONS for a in AGGREGATORS for k in ATTACKS for f in FS]
+    results = {p: {a: {"clean": None, **{k: {} for k in ATTACKS}} for a in AGGREGATORS} for p in PARTITIONS}
+    with ProcessPoolExecutor(max_workers=min(2, os.cpu_count() or 1), initializer=_init) as pool:
+        for done, (p, a, k, f, acc) in enumerate(pool.map(cell, *zip(*jobs, strict=True)), 1):
+            if k == "none":
+                results[p][a]["clean"] = acc
+            else:
+                results[p][a][k][str(f)] = acc
+            print(f"[{done}/{len(jobs)}] {p} {a} {k} f={f}: {acc}", flush=True)
+    md = table(results)
+    print(md)
+    setting = {"n": N, "steps": args.steps, "model": "cnn1d", "batch": 32, "lr": 0.5, "worker_momentum": 0.9}
+    print(write_result("byzantine_breakdown", {"setting": setting, "accuracy": results}))
+    tmp = RESULTS / ".byzantine_breakdown.md.tmp"
+    tmp.write_text(md)
+    os.replace(tmp, RESULTS / "byzantine_breakdown.md")
+
+
+if __name__ == "__main__":
+    main()
