@@ -4,7 +4,8 @@
 Setting: 1D-CNN, batch 32 per worker, worker momentum β = 0.9 (Karimireddy et al. 2021),
 lr 0.5 (on the momentum average), STEPS steps, one seed; the Byzantine workers are drawn
 with `pick_byzantine(20, f, seed=0)`. Every rule runs without its (n, f) check so that the
-mean's collapse is visible. Two processes run the cells in parallel.
+mean's collapse is visible. `bgmd_nomem` is BGMD without its memory of the left-out
+coordinates. Two processes run the cells in parallel.
 
 Writes benchmarks/results/byzantine_breakdown.json and .md (the README's table).
 Run: python benchmarks/byzantine_breakdown.py [--steps 500] [--plot-only]
@@ -23,10 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, write_result  # noqa: E402
 
 N, FS = 20, (2, 4, 8)
-AGGREGATORS = ("mean", "median", "trimmed_mean", "krum", "geomed", "cclip", "bgmd")
+AGGREGATORS = ("mean", "median", "trimmed_mean", "krum", "geomed", "cclip", "bgmd", "bgmd_nomem")
 ATTACKS = ("sign_flip", "scaled_flip", "gaussian", "alie", "ipm", "label_flip", "adaptive")
 PARTITIONS = {"iid": {}, "dirichlet0.5": {"partition": "dirichlet", "alpha": 0.5}}
-AGG_OPTIONS = {"cclip": {"tau": 1.0}}
+AGG_OPTIONS = {"cclip": {"tau": 1.0}, "bgmd_nomem": {"memory": False}}
+RULE = {"bgmd_nomem": "bgmd"}  # table rows that are a rule with options
 
 
 def _init():
@@ -49,7 +51,7 @@ def cell(partition: str, agg: str, attack: str, f: int, steps: int) -> tuple:
 
     algo = RobustSGD(
         lr=0.5,
-        aggregator=make_aggregator(agg, f, **AGG_OPTIONS.get(agg, {})),
+        aggregator=make_aggregator(RULE.get(agg, agg), f, **AGG_OPTIONS.get(agg, {})),
         attack=Attack(attack),
         byzantine=pick_byzantine(N, f, seed=0),
         worker_momentum=0.9,
@@ -82,15 +84,23 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--only", nargs="*", help="run these aggregators and merge them into the JSON")
     args = ap.parse_args()
     if args.table_only:
         import json
 
         print(table(json.loads((RESULTS / "byzantine_breakdown.json").read_text())["accuracy"]))
         return
-    jobs = [(p, a, "none", 0, args.steps) for p in PARTITIONS for a in AGGREGATORS]
-    jobs += [(p, a, k, f, args.steps) for p in PARTITIONS for a in AGGREGATORS for k in ATTACKS for f in FS]
+    aggs = args.only or AGGREGATORS
+    jobs = [(p, a, "none", 0, args.steps) for p in PARTITIONS for a in aggs]
+    jobs += [(p, a, k, f, args.steps) for p in PARTITIONS for a in aggs for k in ATTACKS for f in FS]
     results = {p: {a: {"clean": None, **{k: {} for k in ATTACKS}} for a in AGGREGATORS} for p in PARTITIONS}
+    if args.only:  # merge into the last full run
+        import json
+
+        old = json.loads((RESULTS / "byzantine_breakdown.json").read_text())["accuracy"]
+        for p in PARTITIONS:
+            results[p].update({a: v for a, v in old[p].items() if a not in args.only})
     with ProcessPoolExecutor(max_workers=min(2, os.cpu_count() or 1), initializer=_init) as pool:
         for done, (p, a, k, f, acc) in enumerate(pool.map(cell, *zip(*jobs, strict=True)), 1):
             if k == "none":
@@ -98,6 +108,9 @@ def main():
             else:
                 results[p][a][k][str(f)] = acc
             print(f"[{done}/{len(jobs)}] {p} {a} {k} f={f}: {acc}", flush=True)
+    results = {
+        p: {a: results[p][a] for a in AGGREGATORS if results[p][a]["clean"] is not None} for p in results
+    }
     md = table(results)
     print(md)
     setting = {"n": N, "steps": args.steps, "model": "cnn1d", "batch": 32, "lr": 0.5, "worker_momentum": 0.9}

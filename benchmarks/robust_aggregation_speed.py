@@ -60,7 +60,7 @@ def bgmd_vs_gm(ftol: float, d: int = 1_000_000, beta: float = 0.1) -> dict:
     gm = GeometricMedian(f=F, nu=NU, ftol=ftol, max_iter=MAX_ITER)
     bgmd = BGMD(f=F, beta=beta, nu=NU, ftol=ftol, max_iter=MAX_ITER)
     state = bgmd.init(d)
-    t = interleaved({"geomed": lambda: gm.aggregate(g), "bgmd": lambda: bgmd(g, state)}, rounds=5)
+    t = interleaved({"geomed": lambda: gm.aggregate(g), "bgmd": lambda: bgmd(g, state)}, rounds=9)
     _, it_full = geometric_median(g, nu=NU, ftol=ftol, max_iter=MAX_ITER)
     return {
         "n": N,

@@ -152,12 +152,13 @@ class AggregatorConfig(_Strict):
     iterations: int = Field(1, ge=1)  # cclip iterations
     beta: float = Field(0.1, gt=0, le=1)  # bgmd block fraction
     selection: Literal["sample", "topk"] = "sample"  # bgmd block choice
+    memory: bool = True  # bgmd: carry the left-out coordinates to the next step
     m: int | None = Field(None, ge=1)  # multikrum: how many to average
 
     def build(self, f: int, seed: int = 0):
         extra = {
             "cclip": {"tau": self.tau, "iterations": self.iterations},
-            "bgmd": {"beta": self.beta, "selection": self.selection, "seed": seed},
+            "bgmd": {"beta": self.beta, "selection": self.selection, "memory": self.memory, "seed": seed},
             "multikrum": {"m": self.m},
         }.get(self.name, {})
         return make_aggregator(self.name, f, nnm=self.nnm, bucket=self.bucket, **extra)
