@@ -165,11 +165,11 @@ class Topology:
     def n(self) -> int:
         return self.mixing.shape[0]
 
-    @property
+    @cached_property
     def spectral_gap(self) -> float:
         return spectral_gap(self.mixing)
 
-    @property
+    @cached_property
     def lambda_min(self) -> float:
         return float(torch.linalg.eigvalsh(self.mixing).min())
 

@@ -29,6 +29,7 @@ in the run summary.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
@@ -145,10 +146,13 @@ class RobustGossip:
     def prepare_task(self, task):
         return flip_labels(task, self.byzantine) if self.attack.on_data else task
 
+    @cached_property
     def neighbourhoods(self) -> list[torch.Tensor]:
+        """Each worker's closed neighbourhood N(i) ∪ {i} (the support of row i of W)."""
         w = self.topology.mixing
         return [torch.nonzero(w[i]).flatten() for i in range(w.shape[0])]
 
+    @cached_property
     def _edges(self) -> tuple[torch.Tensor, torch.Tensor]:
         i, j = torch.nonzero(self.topology.mixing, as_tuple=True)
         return i, j
@@ -158,7 +162,7 @@ class RobustGossip:
         if self.topology.n != n:
             raise ValueError(f"the topology has {self.topology.n} nodes for {n} workers")
         if self.check and not isinstance(self.rule, str):
-            for node, nb in enumerate(self.neighbourhoods()):
+            for node, nb in enumerate(self.neighbourhoods):
                 try:
                     self.rule.check(len(nb))
                 except ValueError as e:
@@ -185,7 +189,7 @@ class RobustGossip:
             sent = sent.clone()
             sent[byz] = self.attack(sent, byz, state["t"])
         if isinstance(self.rule, str):
-            i, j = self._edges()
+            i, j = self._edges
             diff = sent[j] - half[i]  # [edges, d]: x_j − x_i, the self-edge gives 0
             diff[i == j] = 0  # a Byzantine worker mixes with its own honest half-step
             norm = torch.linalg.vector_norm(diff, dim=1, keepdim=True).clamp(min=1e-12)
@@ -193,7 +197,7 @@ class RobustGossip:
             new = half.index_add(0, i, diff * weight)  # Σ_j W_ij = 1
         else:
             new = torch.empty_like(half)
-            for node, nb in enumerate(self.neighbourhoods()):
+            for node, nb in enumerate(self.neighbourhoods):
                 rows = sent[nb].clone()
                 rows[nb == node] = half[node]  # its own honest half-step, not what it sent
                 new[node] = self.rule.aggregate(rows)
