@@ -238,7 +238,6 @@ ALGORITHMS = (
     "choco_sgd",
     "adpsgd",
 )
-DECENTRALIZED = ("dpsgd", "robust_gossip", "d2", "choco_sgd", "adpsgd")
 
 
 class RunConfig(_Strict):

@@ -80,7 +80,7 @@ class ADPSGD:
     def init(self, x0, comm):
         if self.topology.n != comm.n:
             raise ValueError(f"topology has {self.topology.n} nodes for {comm.n} workers")
-        if comm.m != comm.n or not hasattr(comm, "gossip_rows"):
+        if comm.m != comm.n:
             raise UserError("adpsgd is an event-driven simulation: run it on the simulated backend")
         n = comm.n
         active = self.active_set()
