@@ -44,3 +44,11 @@ def write_result(name: str, payload: dict) -> Path:
     tmp.write_text(json.dumps({"machine": machine(), **payload}, indent=2))
     os.replace(tmp, path)
     return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write `text` to `path` atomically (a temporary name, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path

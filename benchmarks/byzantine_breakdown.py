@@ -21,7 +21,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, write_result  # noqa: E402
+from _common import RESULTS, write_result, write_text  # noqa: E402
 
 N, FS = 20, (2, 4, 8)
 AGGREGATORS = ("mean", "median", "trimmed_mean", "krum", "geomed", "cclip", "bgmd", "bgmd_nomem")
@@ -115,9 +115,7 @@ def main():
     print(md)
     setting = {"n": N, "steps": args.steps, "model": "cnn1d", "batch": 32, "lr": 0.5, "worker_momentum": 0.9}
     print(write_result("byzantine_breakdown", {"setting": setting, "accuracy": results}))
-    tmp = RESULTS / ".byzantine_breakdown.md.tmp"
-    tmp.write_text(md)
-    os.replace(tmp, RESULTS / "byzantine_breakdown.md")
+    write_text(RESULTS / "byzantine_breakdown.md", md)
 
 
 if __name__ == "__main__":

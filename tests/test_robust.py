@@ -26,6 +26,7 @@ from distsgd.robust import (
     make_aggregator,
     pick_byzantine,
 )
+from distsgd.robust.bgmd import column_sums, top_k_indices
 from distsgd.tasks import make_task
 
 seeds = st.integers(0, 2**31 - 1)
@@ -108,6 +109,75 @@ def test_geometric_median_equals_the_reference_package():
         ours, _ = geometric_median(g, nu=1e-6, ftol=1e-8, max_iter=200)
         ref = compute_geometric_median(list(g), eps=1e-6, maxiter=200, ftol=1e-8).median
         assert float(torch.linalg.vector_norm(ours - ref) / torch.linalg.vector_norm(ref)) < 1e-4
+
+
+@pytest.mark.parametrize(
+    "noise, byzantine, scale",
+    [(1.0, 8, -10.0), (1e-3, 0, 1.0), (1e-2, 12, -100.0)],
+    ids=["attacked", "nearly_equal_rows", "nearly_equal_rows_far_attackers"],
+)
+def test_gram_and_direct_weiszfeld_agree_with_the_package(noise, byzantine, scale):
+    # the Gram form's distances cancel badly when rows nearly agree far from the origin
+    # (second and third cases): it must recentre and still match the reference
+    from geom_median.torch import compute_geometric_median
+
+    gen = torch.Generator().manual_seed(7)
+    g = torch.randn(4000, generator=gen) + noise * torch.randn(32, 4000, generator=gen) * (
+        0.5 + torch.rand(32, 1, generator=gen)
+    )
+    g[:byzantine] *= scale
+    ref = compute_geometric_median(list(g), eps=1e-6, maxiter=300, ftol=1e-10).median
+    spread = float(torch.linalg.vector_norm(g[byzantine:] - ref, dim=1).mean())
+    for method in ("gram", "direct"):
+        v, _ = geometric_median(g, nu=1e-6, ftol=1e-10, max_iter=300, method=method)
+        # off by a small fraction of the honest rows' spread around the median
+        assert float(torch.linalg.vector_norm(v - ref)) < 2e-3 * spread, method
+    with pytest.raises(ValueError, match="method"):
+        geometric_median(g, method="newton")
+
+
+@settings(max_examples=30, deadline=None)
+@given(d=st.integers(1, 300_000), frac=st.floats(0.0, 1.0), seed=seeds, ties=st.booleans())
+def test_top_k_indices_is_topk(d, frac, seed, ties):
+    gen = torch.Generator().manual_seed(seed)
+    # distinct values (a permutation), or a few levels with many ties
+    x = (
+        torch.randperm(d, generator=gen).float()
+        if not ties
+        else torch.randint(0, 5, (d,), generator=gen).float()
+    )
+    k = max(1, round(frac * d))
+    idx = top_k_indices(x, k)
+    assert idx.numel() == k and idx.unique().numel() == k and bool((idx[1:] > idx[:-1]).all())
+    # the same multiset of values as torch.topk's
+    assert torch.equal(x[idx].sort().values, x.topk(k).values.sort().values)
+
+
+def test_top_k_indices_falls_back_when_the_sample_misleads():
+    # the strided sample sees only zeros; the k large entries lie between its points
+    d, k = 1 << 20, 1 << 14
+    x = torch.zeros(d)
+    big = torch.arange(1, d, 64)[:k]
+    x[big] = 1.0
+    assert torch.equal(top_k_indices(x, k), big)
+
+
+def test_column_sums_are_the_sums_and_sums_of_squares():
+    for d in (100, 50_000):
+        g = _stack(5, d, 1)
+        s, q = column_sums(g)
+        assert torch.allclose(s, g.sum(0), rtol=1e-5, atol=1e-4)
+        assert torch.allclose(q, (g * g).sum(0), rtol=1e-5, atol=1e-3)
+
+
+def test_bgmd_samples_columns_in_proportion_to_their_squared_norm():
+    # k = 1: one column drawn with probability s_j / Σ s (the Gumbel-max / exponential race)
+    scores = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    rule = BGMD(beta=0.25, seed=3)
+    counts = torch.bincount(torch.cat([rule.block(scores, 1, t) for t in range(4000)]), minlength=4)
+    expected = 4000 * scores / scores.sum()
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 16.3, (counts, chi2)  # 99.9% quantile of χ² with 3 degrees of freedom
 
 
 def test_breakdown_checks_refuse_rules_without_a_guarantee():

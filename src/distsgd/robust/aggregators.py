@@ -20,7 +20,9 @@ Rules (f = assumed number of Byzantine inputs):
 - `GeometricMedian`: argmin_v Σ_i ‖v − g_i‖ by the smoothed Weiszfeld iteration of Pillutla,
   Kakade, Harchaoui ("Robust Aggregation for Federated Learning", IEEE TSP 2022, Alg. 3):
   β_i = 1/max(ν, ‖v − g_i‖), v ← Σ β_i g_i / Σ β_i, from the mean, until the objective's
-  relative decrease is ≤ ftol or `max_iter`. Breakdown point 1/2: needs f < n/2.
+  relative decrease is ≤ ftol or `max_iter`. Breakdown point 1/2: needs f < n/2. For
+  n ≤ 128 the iteration runs on the n × n Gram matrix of the inputs (every iterate is a
+  convex combination of them), so it reads G about twice whatever the tolerance.
 - `CenteredClipping` (Karimireddy, He, Jaggi, "Learning from History for Byzantine Robust
   Optimization", ICML 2021, eq. (2)): L times v ← v + (1/n) Σ_i (g_i − v)·min(1, τ/‖g_i − v‖),
   starting from the previous step's aggregate (its state). Needs f < n/2.
@@ -162,27 +164,96 @@ def geometric_median(
     nu: float = 1e-6,
     ftol: float = 1e-6,
     max_iter: int = 100,
+    method: str = "auto",
 ) -> tuple[torch.Tensor, int]:
     """Smoothed Weiszfeld (Pillutla et al. 2022, Alg. 3) from the weighted mean; returns
     (median, iterations). Stops when (F_prev − F) ≤ ftol·F, F(v) = Σ α_i ‖v − g_i‖.
 
-    One pass over g per iteration for the distances (which also give the objective) and
-    one matrix-vector product for the weighted mean.
+    Two ways to run the same iteration (same iterates in exact arithmetic):
+
+    - ``"direct"``: each iteration one pass over g for the distances ‖g_i − v‖ and one
+      matrix-vector product for the weighted mean, O(n·d) per iteration.
+    - ``"gram"``: every iterate is a convex combination v = Σ_j w_j g_j of the inputs, so
+      ‖g_i − v‖² = K_ii − 2(Kw)_i + wᵀKw with K the n × n Gram matrix of the inputs about a
+      centre c. One product G Gᵀ, then every iteration costs O(n²) on w, and one last
+      product v = wᵀG: the tolerance is nearly free. Float32 products lose ~1e-6 of
+      ‖g_i − c‖² + ‖v − c‖² in each squared distance, so when that is more than 1e-4 of some
+      ‖g_i − v‖² (gradients that nearly agree, far from the centre) the Gram matrix is
+      recomputed about the current v, where the terms are the distances themselves.
+    - ``"auto"``: gram for n ≤ 128, direct above. Measured at d = 1e6 with 5 iterations
+      (benchmarks/robust_aggregation_speed.py): gram 4.3×, 3.0× and 2.0× faster at n = 32,
+      64 and 128; its n²·d product grows faster than direct's 2·n·d per iteration.
     """
     n = g.shape[0]
-    alpha = torch.ones(n, dtype=g.dtype) if weights is None else weights.to(g.dtype)
-    v = (alpha @ g) / alpha.sum()
-    dist = torch.linalg.vector_norm(g - v, dim=1)
+    alpha = torch.ones(n, dtype=torch.float64) if weights is None else weights.double()
+    if method == "auto":
+        method = "gram" if n <= _GRAM_MAX_N else "direct"
+    if method == "gram":
+        return _weiszfeld_gram(g, alpha, nu, ftol, max_iter)
+    if method != "direct":
+        raise ValueError(f"geometric_median method must be 'auto', 'gram' or 'direct', got {method!r}")
+    v = (alpha.to(g.dtype) @ g) / float(alpha.sum())
+    # distances summed in float64: a float32 objective stops changing (and so stops the
+    # iteration) while a slowly converging iterate still moves
+    dist = torch.linalg.vector_norm(g - v, dim=1).double()
     obj = float(alpha @ dist)
     it = 0
     for it in range(1, max_iter + 1):  # noqa: B007
         beta = alpha / dist.clamp(min=nu)
-        v = (beta @ g) / beta.sum()
-        dist = torch.linalg.vector_norm(g - v, dim=1)
+        v = (beta.to(g.dtype) @ g) / float(beta.sum())
+        dist = torch.linalg.vector_norm(g - v, dim=1).double()
         prev, obj = obj, float(alpha @ dist)
         if abs(prev - obj) <= ftol * obj:
             break
     return v, it
+
+
+_GRAM_MAX_N = 128
+_GRAM_TOL = 1e-4  # largest tolerated relative error of a squared distance before recentring
+
+
+def gram(g: torch.Tensor, center: torch.Tensor | None = None, chunk_bytes: int = 8 << 20) -> torch.Tensor:
+    """(G − 1cᵀ)(G − 1cᵀ)ᵀ in float64 [n, n]: one pass over g (float32 products, summed in
+    float64 over column chunks of about `chunk_bytes`); `center` None means c = 0."""
+    n, d = g.shape
+    if center is None:
+        return (g @ g.T).double()
+    step = max(1024, chunk_bytes // (n * g.element_size()))
+    K = torch.zeros(n, n, dtype=torch.float64)
+    for j in range(0, d, step):
+        x = g[:, j : j + step] - center[j : j + step]
+        K += (x @ x.T).double()
+    return K
+
+
+def _gram_distances(K: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """‖x_i − Σ_j w_j x_j‖ for all i and ‖Σ_j w_j x_j‖², from the Gram matrix K of the x_i."""
+    Kw = K @ w
+    q = float(w @ Kw)
+    return (K.diagonal() - 2 * Kw + q).clamp_(min=0).sqrt_(), q
+
+
+def _weiszfeld_gram(g, alpha, nu, ftol, max_iter, rounds: int = 3):
+    w = alpha / alpha.sum()  # v = wᵀg: the weighted mean
+    K = gram(g)
+    rel_err = 16 * torch.finfo(g.dtype).eps  # of an inner product over many coordinates
+    it = 0
+    for r in range(rounds):
+        dist, q = _gram_distances(K, w)
+        obj = float(alpha @ dist)
+        while it < max_iter:
+            it += 1
+            beta = alpha / dist.clamp(min=nu)
+            w = beta / beta.sum()
+            dist, q = _gram_distances(K, w)
+            prev, obj = obj, float(alpha @ dist)
+            if abs(prev - obj) <= ftol * obj:
+                break
+        err = rel_err * (K.diagonal() + q) / dist.clamp(min=nu).square()
+        if float(err.max()) <= _GRAM_TOL or r == rounds - 1:
+            break
+        K = gram(g, w.to(g.dtype) @ g)  # recentre at the current estimate and refine from there
+    return w.to(g.dtype) @ g, it
 
 
 @dataclass(frozen=True)
@@ -191,14 +262,18 @@ class GeometricMedian(Aggregator):
     nu: float = 1e-6  # smoothing: the smallest distance a weight divides by
     ftol: float = 1e-6  # stop when the objective's relative decrease is below this
     max_iter: int = 100
+    method: str = "auto"  # "gram", "direct" or "auto" (see geometric_median)
     name: str = "geomed"
 
     def check(self, n):
         _check_f(self.f)
         _need(2 * self.f < n, "geomed", n, self.f, "f < n/2")
+        if self.method not in ("auto", "gram", "direct"):
+            raise ValueError(f"geomed method must be 'auto', 'gram' or 'direct', got {self.method!r}")
 
     def __call__(self, g, state):
-        return geometric_median(g, nu=self.nu, ftol=self.ftol, max_iter=self.max_iter)[0], state
+        v, _ = geometric_median(g, nu=self.nu, ftol=self.ftol, max_iter=self.max_iter, method=self.method)
+        return v, state
 
 
 @dataclass(frozen=True)
