@@ -1,4 +1,5 @@
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -26,6 +27,7 @@ from distsgd.robust import (
     make_aggregator,
     pick_byzantine,
 )
+from distsgd.robust.aggregators import Aggregator, pairwise_sq_distances
 from distsgd.robust.bgmd import column_sums, top_k_indices
 from distsgd.tasks import make_task
 
@@ -301,6 +303,39 @@ def test_bucketing_and_nnm_compose_and_are_seeded():
     v1, s1 = rule(g, s0)
     v2, _ = rule(g, s0)
     assert torch.equal(v1, v2) and s1["t"] == 1
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(3, 12), d=st.integers(1, 30), seed=seeds)
+def test_nnm_replaces_each_input_by_the_mean_of_its_nearest(n, d, seed):
+    g = _stack(n, d, seed).double()
+    f = (n - 1) // 2
+
+    @dataclass(frozen=True)
+    class Rows(Aggregator):  # an inner rule that hands back what it was given
+        f: int = 0
+
+        def __call__(self, x, state):
+            return x, state
+
+    mixed, _ = NNM(Rows(f=f))(g, {})
+    dist = ((g[:, None, :] - g[None, :, :]) ** 2).sum(-1).numpy()
+    for i in range(n):
+        nearest = np.argsort(dist[i], kind="stable")[: n - f]
+        want = g[torch.as_tensor(nearest)].mean(0)
+        # a tie at the (n − f)-th distance may pick either input
+        assert torch.allclose(mixed[i], want, atol=1e-9) or _tie_at_the_cut(dist[i], n - f)
+
+
+def _tie_at_the_cut(row, m):
+    s = np.sort(row)
+    return m < len(s) and np.isclose(s[m - 1], s[m])
+
+
+def test_pairwise_sq_distances_are_exact_in_float64():
+    g = _stack(9, 70_000, 5)  # several chunks of columns
+    want = ((g.double()[:, None, :] - g.double()[None, :, :]) ** 2).sum(-1)
+    assert torch.allclose(pairwise_sq_distances(g), want, rtol=1e-10, atol=1e-6)
 
 
 def test_robust_gossip_with_a_wide_clip_and_no_attack_is_dpsgd_adapt_then_combine():
