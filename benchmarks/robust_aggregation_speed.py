@@ -10,7 +10,9 @@
    complexity O(kε⁻² + nd) vs O(dε⁻² + nd) assumes). Target: BGMD at least 5× faster.
    Also the floor of any BGMD: the column sums (one pass over G, to sample by column
    norm) plus gathering the chosen columns, and the speedup that floor would allow.
-3. Our geometric median (auto) against the `geom-median` package (Pillutla et al.'s
+3. Every rule (and NNM / bucketing around the geometric median) on the same n = 32,
+   d = 1e6 stack: seconds per aggregation and the ratio to the mean, measured in the same run.
+4. Our geometric median (auto) against the `geom-median` package (Pillutla et al.'s
    reference implementation) on the same inputs, ν, ftol and iteration cap: relative
    difference of the medians (target ≤ 1e-4) and the time ratio (target: no slower).
 
@@ -35,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, write_result, write_text  # noqa: E402
 
 from distsgd._alloc import tune_allocator  # noqa: E402
-from distsgd.robust import BGMD, GeometricMedian, geometric_median  # noqa: E402
+from distsgd.robust import BGMD, RULES, GeometricMedian, geometric_median, make_aggregator  # noqa: E402
 from distsgd.robust.bgmd import column_sums  # noqa: E402
 
 N, F = 32, 8
@@ -114,6 +116,16 @@ def bgmd_vs_gm(ftol: float, d: int = D, beta: float = 0.1) -> dict:
     }
 
 
+def all_rules(d: int = D) -> list[dict]:
+    g = inputs(N, d)
+    rules = {name: make_aggregator(name, F if name != "mean" else 0) for name in RULES}
+    rules["nnm+geomed"] = make_aggregator("geomed", F, nnm=True)
+    rules["bucket2+geomed"] = make_aggregator("geomed", F // 2, bucket=2)
+    states = {k: r.init(d) for k, r in rules.items()}
+    t = interleaved({k: (lambda k=k: rules[k](g, states[k])) for k in rules}, rounds=3)
+    return [{"rule": k, "seconds": v, "vs_mean": v / t["mean"]} for k, v in t.items()]
+
+
 def ours_vs_package(d: int) -> dict:
     from geom_median.torch import compute_geometric_median
 
@@ -142,7 +154,7 @@ def ours_vs_package(d: int) -> dict:
     }
 
 
-def table(methods, bs, pkg) -> str:
+def table(methods, bs, rules, pkg) -> str:
     ms = lambda s: f"{s * 1e3:.0f} ms"  # noqa: E731
     lines = ["| n | gram | direct | gram speedup | iterations |", "|---|---|---|---|---|"]
     for m in methods:
@@ -162,6 +174,8 @@ def table(methods, bs, pkg) -> str:
             f"{b['speedup_vs_gram']:.2f}× | {b['speedup_vs_direct']:.1f}× | {ms(b['seconds_floor'])} | "
             f"{b['floor_speedup_vs_gram']:.1f}× |"
         )
+    lines += ["", "| rule | time | × mean |", "|---|---|---|"]
+    lines += [f"| {r['rule']} | {ms(r['seconds'])} | {r['vs_mean']:.1f} |" for r in rules]
     lines += ["", "| d | ours | geom-median | speedup | rel. difference |", "|---|---|---|---|---|"]
     for p in pkg:
         lines.append(
@@ -175,11 +189,18 @@ def main():
     tune_allocator()  # as training does (Workers): large temporaries are reused, not page-faulted
     methods = [gm_methods(n) for n in (32, 64, 128)]
     bs = [bgmd_vs_gm(ftol) for ftol in (1e-6, 1e-10)]
+    rules = all_rules()
     pkg = [ours_vs_package(d) for d in (10_000, 100_000, 1_000_000)]
-    md = table(methods, bs, pkg)
+    md = table(methods, bs, rules, pkg)
     print(md)
     setting = {"ftol_vs_package": FTOL, "nu": NU, "max_iter": MAX_ITER, "byzantine_rows": "n/4"}
-    payload = {"setting": setting, "gm_methods": methods, "bgmd_vs_geomed": bs, "vs_package": pkg}
+    payload = {
+        "setting": setting,
+        "gm_methods": methods,
+        "bgmd_vs_geomed": bs,
+        "rules": rules,
+        "vs_package": pkg,
+    }
     print(write_result("robust_aggregation_speed", payload))
     write_text(RESULTS / "robust_aggregation_speed.md", md)
 

@@ -31,7 +31,7 @@ column pass and the gather are the floor of any implementation: 15 ms at n = 32,
 on our 2-core CPU, where the full geometric median in its Gram form (`geometric_median`)
 takes 26 ms and this BGMD 25 ms (top-k) to 31 ms (sampled). So against that median BGMD
 is no faster and could be at most 1.7×; against a solver that reads G on every iteration
-(the O(d·ε⁻²) of the paper's complexity comparison) it is 3.6× faster at ftol 1e-6 and 7.1×
+(the O(d·ε⁻²) of the paper's complexity comparison) it is 3.7× faster at ftol 1e-6 and 7.2×
 at 1e-10 (benchmarks/robust_aggregation_speed.py).
 """
 
