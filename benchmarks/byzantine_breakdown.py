@@ -8,7 +8,7 @@ mean's collapse is visible. `bgmd_nomem` is BGMD without its memory of the left-
 coordinates. Two processes run the cells in parallel.
 
 Writes benchmarks/results/byzantine_breakdown.json and .md (the README's table).
-Run: python benchmarks/byzantine_breakdown.py [--steps 500] [--plot-only]
+Run: python benchmarks/byzantine_breakdown.py [--steps 500] [--only RULE ...] [--table-only]
 """
 
 from __future__ import annotations
@@ -38,13 +38,15 @@ def _init():
 
 
 @functools.cache
-def _task(partition: str):
+def _task(partition: str, seed: int = 0):
     from distsgd import make_task
 
-    return make_task("mnist1d", n_workers=N, model="cnn1d", batch_size=32, seed=0, **PARTITIONS[partition])
+    return make_task("mnist1d", n_workers=N, model="cnn1d", batch_size=32, seed=seed, **PARTITIONS[partition])
 
 
-def cell(partition: str, agg: str, attack: str, f: int, steps: int) -> tuple:
+def cell(partition: str, agg: str, attack: str, f: int, steps: int, seed: int = 0) -> tuple:
+    """One run: (partition, agg, attack, f, final test accuracy or None if it diverged).
+    `seed` draws the data split, the model's initialisation and the Byzantine ids."""
     from distsgd import train
     from distsgd.algorithms import RobustSGD
     from distsgd.robust import Attack, make_aggregator, pick_byzantine
@@ -53,11 +55,11 @@ def cell(partition: str, agg: str, attack: str, f: int, steps: int) -> tuple:
         lr=0.5,
         aggregator=make_aggregator(RULE.get(agg, agg), f, **AGG_OPTIONS.get(agg, {})),
         attack=Attack(attack),
-        byzantine=pick_byzantine(N, f, seed=0),
+        byzantine=pick_byzantine(N, f, seed=seed),
         worker_momentum=0.9,
         check=False,
     )
-    r = train(_task(partition), algo, steps=steps, eval_every=steps)
+    r = train(_task(partition, seed), algo, steps=steps, eval_every=steps)
     acc = r.final.get("test_acc")
     return partition, agg, attack, f, acc if acc == acc else None  # NaN (diverged) -> None
 
