@@ -5,7 +5,8 @@ Setting: 1D-CNN, batch 32 per worker, worker momentum β = 0.9 (Karimireddy et a
 lr 0.5 (on the momentum average), STEPS steps, one seed; the Byzantine workers are drawn
 with `pick_byzantine(20, f, seed=0)`. Every rule runs without its (n, f) check so that the
 mean's collapse is visible. `bgmd_nomem` is BGMD without its memory of the left-out
-coordinates. Two processes run the cells in parallel.
+coordinates, `bgmd_worker` BGMD with a memory per worker (our variant). Two processes run
+the cells in parallel.
 
 Writes benchmarks/results/byzantine_breakdown.json and .md (the README's table).
 Run: python benchmarks/byzantine_breakdown.py [--steps 500] [--only RULE ...] [--table-only]
@@ -24,11 +25,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, write_result, write_text  # noqa: E402
 
 N, FS = 20, (2, 4, 8)
-AGGREGATORS = ("mean", "median", "trimmed_mean", "krum", "geomed", "cclip", "bgmd", "bgmd_nomem")
+AGGREGATORS = (
+    "mean",
+    "median",
+    "trimmed_mean",
+    "krum",
+    "geomed",
+    "cclip",
+    "bgmd",
+    "bgmd_nomem",
+    "bgmd_worker",
+)
 ATTACKS = ("sign_flip", "scaled_flip", "gaussian", "alie", "ipm", "label_flip", "adaptive")
 PARTITIONS = {"iid": {}, "dirichlet0.5": {"partition": "dirichlet", "alpha": 0.5}}
-AGG_OPTIONS = {"cclip": {"tau": 1.0}, "bgmd_nomem": {"memory": False}}
-RULE = {"bgmd_nomem": "bgmd"}  # table rows that are a rule with options
+AGG_OPTIONS = {"cclip": {"tau": 1.0}, "bgmd_nomem": {"memory": "none"}, "bgmd_worker": {"memory": "worker"}}
+RULE = {"bgmd_nomem": "bgmd", "bgmd_worker": "bgmd"}  # table rows that are a rule with options
 
 
 def _init():

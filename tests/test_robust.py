@@ -208,11 +208,12 @@ def test_bgmd_with_the_full_block_is_the_geometric_median():
     assert torch.count_nonzero(state["memory"]) == 0
 
 
+@pytest.mark.parametrize("memory", ["mean", "worker"])
 @pytest.mark.parametrize("selection", ["sample", "topk"])
-def test_bgmd_memory_conserves_what_is_left_out(selection):
+def test_bgmd_memory_conserves_what_is_left_out(selection, memory):
     # with identical honest rows, the geometric median of the block is that block, so every
     # coordinate's total update plus what the memory still holds equals the sum of the rows
-    d, rule = 40, BGMD(beta=0.2, selection=selection, seed=1)
+    d, rule = 40, BGMD(beta=0.2, selection=selection, memory=memory, seed=1)
     state, applied, total = rule.init(d), torch.zeros(d), torch.zeros(d)
     for t in range(12):
         row = torch.randn(d, generator=torch.Generator().manual_seed(t))
@@ -220,7 +221,32 @@ def test_bgmd_memory_conserves_what_is_left_out(selection):
         assert torch.count_nonzero(v) <= math.ceil(0.2 * d)
         applied += v
         total += row
-    assert torch.allclose(applied + state["memory"], total, atol=1e-4)
+    held = state["memory"] if memory == "mean" else state["memory"][0]
+    assert torch.allclose(applied + held, total, atol=1e-4)
+
+
+def test_bgmd_worker_memory_keeps_a_huge_byzantine_row_out_of_the_model():
+    # 4 identical honest rows and one Byzantine row of size 1e4: with per-worker memory the
+    # honest mass is conserved as above; the paper's shared memory lets 1/n of the
+    # Byzantine row through. (A tight ftol: the stopping rule is relative to an objective
+    # that the far row dominates.)
+    d = 40
+    for memory in ("worker", "mean"):
+        rule = BGMD(f=1, beta=0.2, selection="topk", memory=memory, ftol=1e-14, max_iter=1000)
+        state, applied, total = rule.init(d), torch.zeros(d), torch.zeros(d)
+        for t in range(12):
+            gen = torch.Generator().manual_seed(t)
+            row = torch.randn(d, generator=gen)
+            g = torch.cat([row.expand(4, d), 1e4 * torch.randn(1, d, generator=gen)])
+            v, state = rule(g, state)
+            applied += v
+            total += row
+        held = state["memory"][0] if memory == "worker" else torch.zeros(d)
+        error = float(torch.linalg.vector_norm(applied + held - total))
+        if memory == "worker":
+            assert error < 1e-3
+        else:
+            assert error > 100
 
 
 def test_bgmd_selection_takes_k_distinct_large_columns():

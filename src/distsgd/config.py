@@ -152,7 +152,9 @@ class AggregatorConfig(_Strict):
     iterations: int = Field(1, ge=1)  # cclip iterations
     beta: float = Field(0.1, gt=0, le=1)  # bgmd block fraction
     selection: Literal["sample", "topk"] = "sample"  # bgmd block choice
-    memory: bool = True  # bgmd: carry the left-out coordinates to the next step
+    # bgmd: carry the left-out coordinates to the next step: true/"mean" (the paper),
+    # "worker" (each worker's own, our variant), false/"none"
+    memory: bool | Literal["mean", "worker", "none"] = True
     m: int | None = Field(None, ge=1)  # multikrum: how many to average
 
     def build(self, f: int, seed: int = 0):

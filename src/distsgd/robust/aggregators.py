@@ -188,7 +188,7 @@ def geometric_median(
       ‖g_i − v‖² (gradients that nearly agree, far from the centre) the Gram matrix is
       recomputed about the current v, where the terms are the distances themselves.
     - ``"auto"``: gram for n ≤ 128, direct above. Measured at d = 1e6 with 5 iterations
-      (benchmarks/robust_aggregation_speed.py): gram 4.2×, 3.1× and 1.9× faster at n = 32,
+      (benchmarks/robust_aggregation_speed.py): gram 4.0×, 2.9× and 1.9× faster at n = 32,
       64 and 128; its n²·d product grows faster than direct's 2·n·d per iteration.
     """
     n = g.shape[0]
