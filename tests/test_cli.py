@@ -74,6 +74,13 @@ def _err(capsys):
             ),
             "adaptive attack targets one server aggregator",
         ),
+        (
+            (
+                'name = "dpsgd"\nlr = 0.1',
+                'name = "robust_sgd"\nlr = 0.1\n[algorithm.aggregator]\nname = "bgmd"\nmemory = "rows"',
+            ),
+            "memory: Input should be True, False, 'mean', 'worker' or 'none'",
+        ),
         (  # an even Metropolis ring has λ_min = −1/3 exactly
             ('name = "dpsgd"\nlr = 0.1', 'name = "d2"\nlr = 0.1\nlazy = false'),
             "D² needs λ_min(W) > −1/3",

@@ -154,7 +154,7 @@ class AggregatorConfig(_Strict):
     selection: Literal["sample", "topk"] = "sample"  # bgmd block choice
     # bgmd: carry the left-out coordinates to the next step: true/"mean" (the paper),
     # "worker" (each worker's own, our variant), false/"none"
-    memory: bool | Literal["mean", "worker", "none"] = True
+    memory: Literal[True, False, "mean", "worker", "none"] = True
     m: int | None = Field(None, ge=1)  # multikrum: how many to average
 
     def build(self, f: int, seed: int = 0):
