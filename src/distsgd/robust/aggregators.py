@@ -72,16 +72,34 @@ def _check_f(f: int) -> None:
         raise ValueError(f"f must be >= 0, got {f}")
 
 
-def pairwise_sq_distances(g: torch.Tensor, chunk_bytes: int = 8 << 20) -> torch.Tensor:
-    """‖g_i − g_j‖² [n, n] from the Gram matrix computed in float64 (exact zeros on the
-    diagonal). Column chunks of about `chunk_bytes` are converted in turn, so the float64
-    copy of g is never whole (at n = 32, d = 1e6: 256 MB, and 1.5× slower)."""
+def gram(
+    g: torch.Tensor, center: torch.Tensor | None = None, *, exact: bool = False, chunk_bytes: int = 8 << 20
+) -> torch.Tensor:
+    """(G − 1cᵀ)(G − 1cᵀ)ᵀ in float64 [n, n], in one pass over g; `center` None means c = 0.
+
+    Products are float32 (relative error ~1e-6 of ‖g_i − c‖·‖g_j − c‖), summed in float64
+    over column chunks of about `chunk_bytes`; `exact` converts each chunk to float64 first
+    (2.5× slower, no cancellation), so a float64 copy of g is never whole."""
     n, d = g.shape
+    if center is None and not exact:
+        return (g @ g.T).double()
     step = max(1024, chunk_bytes // (n * 8))
     K = torch.zeros(n, n, dtype=torch.float64)
     for j in range(0, d, step):
-        x = g[:, j : j + step].double()
-        K.addmm_(x, x.T)
+        x = g[:, j : j + step]
+        if center is not None:
+            x = x - center[j : j + step]
+        if exact:
+            x = x.double()
+            K.addmm_(x, x.T)
+        else:
+            K += (x @ x.T).double()
+    return K
+
+
+def pairwise_sq_distances(g: torch.Tensor) -> torch.Tensor:
+    """‖g_i − g_j‖² [n, n] from the exact float64 Gram matrix (exact zeros on the diagonal)."""
+    K = gram(g, exact=True)
     sq = K.diagonal()
     d2 = (sq[:, None] + sq[None, :] - 2 * K).clamp_(min=0)
     d2.fill_diagonal_(0)
@@ -219,20 +237,6 @@ _GRAM_MAX_N = 128
 _GRAM_TOL = 1e-4  # largest tolerated relative error of a squared distance before recentring
 
 
-def gram(g: torch.Tensor, center: torch.Tensor | None = None, chunk_bytes: int = 8 << 20) -> torch.Tensor:
-    """(G − 1cᵀ)(G − 1cᵀ)ᵀ in float64 [n, n]: one pass over g (float32 products, summed in
-    float64 over column chunks of about `chunk_bytes`); `center` None means c = 0."""
-    n, d = g.shape
-    if center is None:
-        return (g @ g.T).double()
-    step = max(1024, chunk_bytes // (n * g.element_size()))
-    K = torch.zeros(n, n, dtype=torch.float64)
-    for j in range(0, d, step):
-        x = g[:, j : j + step] - center[j : j + step]
-        K += (x @ x.T).double()
-    return K
-
-
 def _gram_distances(K: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, float]:
     """‖x_i − Σ_j w_j x_j‖ for all i and ‖Σ_j w_j x_j‖², from the Gram matrix K of the x_i."""
     Kw = K @ w
@@ -272,11 +276,13 @@ class GeometricMedian(Aggregator):
     method: str = "auto"  # "gram", "direct" or "auto" (see geometric_median)
     name: str = "geomed"
 
+    def __post_init__(self):
+        if self.method not in ("auto", "gram", "direct"):
+            raise ValueError(f"geomed method must be 'auto', 'gram' or 'direct', got {self.method!r}")
+
     def check(self, n):
         _check_f(self.f)
         _need(2 * self.f < n, "geomed", n, self.f, "f < n/2")
-        if self.method not in ("auto", "gram", "direct"):
-            raise ValueError(f"geomed method must be 'auto', 'gram' or 'direct', got {self.method!r}")
 
     def __call__(self, g, state):
         v, _ = geometric_median(g, nu=self.nu, ftol=self.ftol, max_iter=self.max_iter, method=self.method)
