@@ -67,6 +67,12 @@ def _need(ok: bool, rule: str, n: int, f: int, condition: str) -> None:
         raise ValueError(f"{rule} has no guarantee for n={n}, f={f}: it needs {condition}")
 
 
+def _honest_majority(rule: Aggregator, n: int) -> None:
+    """The check of every rule with breakdown point 1/2: f ≥ 0 and f < n/2."""
+    _check_f(rule.f)
+    _need(2 * rule.f < n, rule.name, n, rule.f, "f < n/2")
+
+
 def _check_f(f: int) -> None:
     if f < 0:
         raise ValueError(f"f must be >= 0, got {f}")
@@ -125,8 +131,7 @@ class CoordinateMedian(Aggregator):
     name: str = "median"
 
     def check(self, n):
-        _check_f(self.f)
-        _need(2 * self.f < n, "median", n, self.f, "f < n/2")
+        _honest_majority(self, n)
 
     def __call__(self, g, state):
         n = g.shape[0]
@@ -281,8 +286,7 @@ class GeometricMedian(Aggregator):
             raise ValueError(f"geomed method must be 'auto', 'gram' or 'direct', got {self.method!r}")
 
     def check(self, n):
-        _check_f(self.f)
-        _need(2 * self.f < n, "geomed", n, self.f, "f < n/2")
+        _honest_majority(self, n)
 
     def __call__(self, g, state):
         v, _ = geometric_median(g, nu=self.nu, ftol=self.ftol, max_iter=self.max_iter, method=self.method)
@@ -297,8 +301,7 @@ class CenteredClipping(Aggregator):
     name: str = "cclip"
 
     def check(self, n):
-        _check_f(self.f)
-        _need(2 * self.f < n, "cclip", n, self.f, "f < n/2")
+        _honest_majority(self, n)
         if not self.tau > 0 or self.iterations < 1:
             raise ValueError("cclip needs tau > 0 and iterations >= 1")
 
@@ -320,8 +323,7 @@ class MajorityVote(Aggregator):
     name: str = "vote"
 
     def check(self, n):
-        _check_f(self.f)
-        _need(2 * self.f < n, "vote", n, self.f, "f < n/2")
+        _honest_majority(self, n)
 
     def __call__(self, g, state):
         plus = (g >= 0).sum(0)

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .aggregators import Aggregator, _check_f, _need, geometric_median
+from .aggregators import Aggregator, _honest_majority, geometric_median
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,7 @@ class BGMD(Aggregator):
         return {True: "mean", False: "none"}.get(self.memory, self.memory)
 
     def check(self, n):
-        _check_f(self.f)
-        _need(2 * self.f < n, "bgmd", n, self.f, "f < n/2")
+        _honest_majority(self, n)
 
     def init(self, d):
         # "worker" memory is [n, d], created at the first call (n is not known here)
