@@ -97,7 +97,8 @@ def main():
                 row[key] = sgd.final["test_acc"]
                 continue
             algo = RobustSGD(
-                lr=sgd_lr, momentum=0.9, aggregator=Mean(), attack=attack, byzantine=byz, check=False
+                lr=sgd_lr, momentum=0.9, aggregator=Mean(), attack=attack, byzantine=byz, check=False,
+                worker_momentum=0.0,
             )
             acc = run(task, algo).final.get("test_acc")
             row[key] = acc if acc == acc else None  # diverged

@@ -62,7 +62,7 @@ def make_algorithm(name):
             worker_momentum=0.9,
         ),
         "robust_bgmd_label_flip": lambda: RobustSGD(
-            lr=0.1, aggregator=BGMD(f=2, beta=0.2), attack=Attack("label_flip"), byzantine=(2, 5)
+            lr=0.1, aggregator=BGMD(f=2, beta=0.2), attack=Attack("label_flip"), byzantine=(2, 5), worker_momentum=0.0
         ),
     }[name]()
 

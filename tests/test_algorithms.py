@@ -13,7 +13,7 @@ def _oracle(workers, record):
         record.append(idx)
         data = workers.task.dataset
         layers = {k: workers.flat.layer(x, k) for k in workers.flat.names}
-        grads, _ = workers._grad(layers, data.x[idx], data.y[idx])
+        grads, _ = workers._grad(layers, workers.buffers, data.x[idx], data.y[idx])
         return torch.cat([grads[k].reshape(workers.m, -1) for k in workers.flat.names], 1)
 
     return oracle

@@ -23,9 +23,12 @@ batch_size = 8
 [algorithm]
 name = "dpsgd"
 lr = 0.1
-[topology]
+[algorithm.topology]
 name = "ring"
 """
+
+
+DPSGD_TABLE = 'name = "dpsgd"\nlr = 0.1\n[algorithm.topology]\nname = "ring"'
 
 
 def _write(tmp_path, text, name="cfg.toml"):
@@ -46,40 +49,40 @@ def _err(capsys):
     [
         (('name = "dpsgd"', 'name = "adamw_sgd"'), "unknown algorithm 'adamw_sgd'"),
         (("lr = 0.1", "lr = -0.1"), "algorithm.lr: Input should be greater than 0"),
-        (('name = "ring"', 'name = "moebius"'), "topology.name"),
+        (('name = "ring"', 'name = "moebius"'), "algorithm.topology: unknown topology 'moebius'"),
         (("n_workers = 4", "n_workers = 4\nbogus = 1"), "bogus: unknown key"),
         (("batch_size = 8", "batch_size = 8\nmomentum = 0.9"), "task.momentum: unknown key"),
-        (("[topology]", "[topology"), "invalid TOML"),
+        (("[algorithm.topology]", "[algorithm.topology"), "invalid TOML"),
         (('name = "ring"', 'name = "torus"'), "2x2 torus"),  # does not fit n = 4
         (("n_workers = 4", "n_workers = 0"), "n_workers: Input should be greater than or equal to 1"),
         (("batch_size = 8", "batch_size = 900"), "fewer than batch_size=900"),
         (  # the geometric median has no guarantee for 2 Byzantine workers of 4
             (
-                'name = "dpsgd"\nlr = 0.1',
+                DPSGD_TABLE,
                 'name = "robust_sgd"\nlr = 0.1\nf = 2\n[algorithm.aggregator]\nname = "geomed"',
             ),
             "geomed has no guarantee for n=4, f=2: it needs f < n/2",
         ),
         (
             (
-                'name = "dpsgd"\nlr = 0.1',
+                DPSGD_TABLE,
                 'name = "robust_sgd"\nlr = 0.1\nf = 1\n[algorithm.aggregator]\nname = "krum"',
             ),
             "krum has no guarantee for n=4, f=1: it needs n > 2f + 2",
         ),
         (
             (
-                'name = "dpsgd"\nlr = 0.1',
+                DPSGD_TABLE,
                 'name = "robust_gossip"\nlr = 0.1\nf = 1\n[algorithm.attack]\nkind = "adaptive"',
             ),
             "adaptive attack targets one server aggregator",
         ),
         (
             (
-                'name = "dpsgd"\nlr = 0.1',
+                DPSGD_TABLE,
                 'name = "robust_sgd"\nlr = 0.1\n[algorithm.aggregator]\nname = "bgmd"\nmemory = "rows"',
             ),
-            "memory: Input should be True, False, 'mean', 'worker' or 'none'",
+            "algorithm: aggregator 'bgmd': bgmd memory must be 'mean', 'worker' or 'none', got 'rows'",
         ),
         (  # an even Metropolis ring has λ_min = −1/3 exactly
             ('name = "dpsgd"\nlr = 0.1', 'name = "d2"\nlr = 0.1\nlazy = false'),

@@ -289,7 +289,7 @@ def _task(**kw):
 
 def test_robust_sgd_with_the_mean_and_no_attack_is_allreduce_sgd():
     task = _task()
-    a = train(task, RobustSGD(lr=0.1, momentum=0.9), steps=20)
+    a = train(task, RobustSGD(lr=0.1, momentum=0.9, aggregator="mean", worker_momentum=0), steps=20)
     b = train(task, AllReduceSGD(lr=0.1, momentum=0.9), steps=20)
     assert torch.allclose(a.state["x"], b.state["x"], atol=1e-5)
 
@@ -299,11 +299,13 @@ def test_robust_aggregation_survives_what_breaks_the_mean():
     byz = pick_byzantine(8, 2, seed=0)
 
     def run(agg):
-        algo = RobustSGD(lr=0.2, aggregator=agg, attack=Attack("scaled_flip"), byzantine=byz, check=False)
+        algo = RobustSGD(
+            lr=0.2, aggregator=agg, attack=Attack("scaled_flip"), byzantine=byz, check=False, worker_momentum=0
+        )
         return train(task, algo, steps=60, eval_every=60).final
 
     assert not run(Mean())["train_loss"] < 2.0  # diverged or far off
-    clean = train(task, RobustSGD(lr=0.2), steps=60, eval_every=60).final["train_acc"]
+    clean = train(task, RobustSGD(lr=0.2, aggregator="mean", worker_momentum=0), steps=60, eval_every=60).final["train_acc"]
     assert run(GeometricMedian(f=2))["train_acc"] > clean - 0.15
 
 
@@ -367,7 +369,7 @@ def test_pairwise_sq_distances_are_exact_in_float64():
 def test_robust_gossip_with_a_wide_clip_and_no_attack_is_dpsgd_adapt_then_combine():
     task = _task()
     topo = make_topology("ring", 8)
-    a = train(task, RobustGossip(lr=0.1, topology=topo, tau=1e9), steps=15)
+    a = train(task, RobustGossip(lr=0.1, topology=topo, tau=1e9, worker_momentum=0), steps=15)
     b = train(task, DPSGD(lr=0.1, topology=topo, variant="atc"), steps=15)
     assert torch.allclose(a.state["x"], b.state["x"], atol=1e-5)
     assert a.summary["traffic"]["bytes_sent_per_worker"] == b.summary["traffic"]["bytes_sent_per_worker"]

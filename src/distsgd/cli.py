@@ -11,7 +11,8 @@ from .errors import UserError
 
 
 def _cmd_run(args) -> int:
-    from .config import load_config, run_config
+    from .api import run_config
+    from .config import load_config
 
     cfg = load_config(args.config)
     run_dir = Path(args.out or cfg.out_dir) / cfg.name

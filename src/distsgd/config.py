@@ -1,6 +1,10 @@
 """Run configuration: a TOML file validated by pydantic, turned into task, algorithm, network.
 
-Every table rejects unknown keys; the first error becomes one line naming the field.
+The `[algorithm]` table is validated by the algorithm's own options class, found by its
+`name` in the registry (`distsgd.algorithms.ALGORITHMS`): there is no second copy of any
+algorithm's options or defaults here. Every table rejects unknown keys; the first error
+becomes one line naming the field. `[task]` names a built-in dataset and model, or the
+user's own by import path (`model = "mypkg.nets:make_model"`, `train = "mypkg.data:train_set"`).
 """
 
 from __future__ import annotations
@@ -9,26 +13,13 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .algorithms import (
-    ADPSGD,
-    D2,
-    DPSGD,
-    EF21,
-    AllReduceSGD,
-    ChocoSGD,
-    CompressedSGD,
-    LocalSGD,
-    RobustGossip,
-    RobustSGD,
-    Signum,
-)
+from .algorithms import ALGORITHMS, bind
 from .comm.network import NetworkModel
 from .errors import UserError
-from .robust import ATTACKS, RULES, Attack, make_aggregator, pick_byzantine
+from .registry import SpecError, one_line
 from .tasks import make_task
-from .topology import MIXINGS, TOPOLOGIES, make_topology
 
 
 class _Strict(BaseModel):
@@ -37,7 +28,10 @@ class _Strict(BaseModel):
 
 class TaskConfig(_Strict):
     dataset: Literal["mnist1d", "digits", "logistic", "least_squares"] = "mnist1d"
-    model: Literal["linear", "mlp", "cnn1d"] = "mlp"
+    model: str = "mlp"  # linear | mlp | cnn1d, or the user's "package.module:name" (a module or a factory)
+    train: str | None = None  # the user's training Dataset (or factory), by import path
+    test: str | None = None  # the user's test Dataset (or factory), by import path
+    loss: str = "cross_entropy"  # for user models: cross_entropy, mse, l1, nll, bce_with_logits or an import path
     hidden: list[Annotated[int, Field(gt=0)]] = [100, 100]
     partition: Literal["iid", "dirichlet", "labels", "natural"] | None = None
     alpha: float = Field(0.5, gt=0)
@@ -48,13 +42,16 @@ class TaskConfig(_Strict):
     dim: int = Field(20, ge=1)
     heterogeneity: float = Field(0.0, ge=0)
 
-
-class TopologyConfig(_Strict):
-    name: Literal[TOPOLOGIES] = "ring"  # type: ignore[valid-type]
-    mixing: Literal[MIXINGS] = "metropolis"  # type: ignore[valid-type]
-    degree: int = Field(4, ge=1)
-    p: float = Field(0.3, gt=0, le=1)
-    rows: int | None = Field(None, ge=1)
+    @model_validator(mode="after")
+    def _user_or_builtin(self):
+        user = self.train is not None
+        if user and ":" not in self.model:
+            raise ValueError("with train = an import path, model must be one too ('package.module:name')")
+        if not user and ":" in self.model:
+            raise ValueError("a user model needs its training data: set train = 'package.module:name'")
+        if not user and self.model not in ("linear", "mlp", "cnn1d"):
+            raise ValueError(f"unknown model {self.model!r} (linear, mlp, cnn1d, or 'package.module:name')")
+        return self
 
 
 class NetworkConfig(_Strict):
@@ -86,160 +83,16 @@ class LRScheduleConfig(_Strict):
         return LRSchedule(self.kind, self.warmup, tuple(self.milestones), self.gamma)
 
 
-class _SGDConfig(_Strict):
-    lr: float = Field(gt=0)
-    momentum: float = Field(0.0, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    nesterov: bool = False
-
-
-class AllReduceConfig(_SGDConfig):
-    name: Literal["allreduce_sgd"]
-
-
-class LocalSGDConfig(_SGDConfig):
-    name: Literal["local_sgd"]
-    local_steps: int = Field(8, ge=1)
-    average_momentum: bool = False
-
-
-class DPSGDConfig(_SGDConfig):
-    name: Literal["dpsgd"]
-    variant: Literal["paper", "atc"] = "paper"
-
-
-COMPRESSORS = ("identity", "float16", "bfloat16", "sign", "scaled_sign", "topk", "randk", "qsgd", "natural")
-
-
-class CompressorConfig(_Strict):
-    name: Literal[COMPRESSORS] = "topk"  # type: ignore[valid-type]
-    k: int | None = Field(None, ge=1)
-    ratio: float | None = Field(None, gt=0, le=1)
-    levels: int = Field(15, ge=1, le=255)
-    bucket: int = Field(512, ge=1)
-
-    def build(self):
-        from .compress import make_compressor
-
-        return make_compressor(self.name, k=self.k, ratio=self.ratio, levels=self.levels, bucket=self.bucket)
-
-
-class CompressedSGDConfig(_SGDConfig):
-    name: Literal["compressed_sgd"]
-    compressor: CompressorConfig = CompressorConfig()
-    error_feedback: bool = True
-
-
-class SignumConfig(_Strict):
-    name: Literal["signum"]
-    lr: float = Field(gt=0)
-    beta: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    aggregate: Literal["vote", "mean"] = "vote"
-
-
-class EF21Config(_Strict):
-    name: Literal["ef21"]
-    lr: float = Field(gt=0)
-    compressor: CompressorConfig = CompressorConfig()
-
-
-class AggregatorConfig(_Strict):
-    name: Literal[tuple(RULES)] = "geomed"  # type: ignore[valid-type]
-    nnm: bool = False  # nearest-neighbour mixing first (Allouah et al. 2023)
-    bucket: int = Field(1, ge=1)  # bucketing with buckets of this size (1: none)
-    tau: float = Field(1.0, gt=0)  # cclip radius
-    iterations: int = Field(1, ge=1)  # cclip iterations
-    beta: float = Field(0.1, gt=0, le=1)  # bgmd block fraction
-    selection: Literal["sample", "topk"] = "sample"  # bgmd block choice
-    # bgmd: carry the left-out coordinates to the next step: true/"mean" (the paper),
-    # "worker" (each worker's own, our variant), false/"none"
-    memory: Literal[True, False, "mean", "worker", "none"] = True
-    m: int | None = Field(None, ge=1)  # multikrum: how many to average
-
-    def build(self, f: int, seed: int = 0):
-        extra = {
-            "cclip": {"tau": self.tau, "iterations": self.iterations},
-            "bgmd": {"beta": self.beta, "selection": self.selection, "memory": self.memory, "seed": seed},
-            "multikrum": {"m": self.m},
-        }.get(self.name, {})
-        return make_aggregator(self.name, f, nnm=self.nnm, bucket=self.bucket, **extra)
-
-
-class AttackConfig(_Strict):
-    kind: Literal[ATTACKS] = "none"  # type: ignore[valid-type]
-    scale: float | None = Field(None, gt=0)  # c, noise σ, ALIE z or IPM ε (None: the paper's)
-
-
-class D2Config(_Strict):
-    name: Literal["d2"]
-    lr: float = Field(gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    lazy: Literal["auto"] | bool = "auto"  # (W + I)/2 when λ_min(W) ≤ −1/3
-
-
-class ChocoSGDConfig(_SGDConfig):
-    name: Literal["choco_sgd"]
-    compressor: CompressorConfig = CompressorConfig()
-    gamma: float = Field(1.0, gt=0, le=1)  # consensus step size
-
-
-class ADPSGDConfig(_Strict):
-    name: Literal["adpsgd"]
-    lr: float = Field(gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    split: Literal["auto", "none"] = "auto"  # active/passive sets on a bipartite graph
-
-
-class _RobustConfig(_Strict):
-    lr: float = Field(gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    worker_momentum: float = Field(0.9, ge=0, lt=1)
-    f: int = Field(0, ge=0)  # Byzantine workers, drawn with byzantine_seed and recorded
-    byzantine_seed: int = Field(0, ge=0)
-    attack: AttackConfig = AttackConfig()
-    check: bool = True  # refuse an (n, f) outside the rule's guarantee
-
-
-class RobustSGDConfig(_RobustConfig):
-    name: Literal["robust_sgd"]
-    momentum: float = Field(0.0, ge=0, lt=1)
-    aggregator: AggregatorConfig = AggregatorConfig()
-
-
-class RobustGossipConfig(_RobustConfig):
-    name: Literal["robust_gossip"]
-    aggregator: AggregatorConfig | None = None  # None: ClippedGossip with radius tau
-    tau: float = Field(1.0, gt=0)
-
-
-AlgorithmConfig = Annotated[
-    AllReduceConfig
-    | LocalSGDConfig
-    | DPSGDConfig
-    | CompressedSGDConfig
-    | SignumConfig
-    | EF21Config
-    | RobustSGDConfig
-    | RobustGossipConfig
-    | D2Config
-    | ChocoSGDConfig
-    | ADPSGDConfig,
-    Field(discriminator="name"),
-]
-ALGORITHMS = (
-    "allreduce_sgd",
-    "local_sgd",
-    "dpsgd",
-    "compressed_sgd",
-    "signum",
-    "ef21",
-    "robust_sgd",
-    "robust_gossip",
-    "d2",
-    "choco_sgd",
-    "adpsgd",
-)
+def build_algorithm(spec):
+    """The algorithm of an `[algorithm]` table (or a name), validated by its options class."""
+    try:
+        entry, options = ALGORITHMS.split(spec)
+    except SpecError as e:
+        raise ValueError(f"name: {e}") from None
+    try:
+        return entry.factory(**entry.preset, **options)
+    except ValidationError as e:
+        raise ValueError(one_line(e)) from None
 
 
 class RunConfig(_Strict):
@@ -251,11 +104,17 @@ class RunConfig(_Strict):
     checkpoint_every: int | None = Field(None, ge=1)
     out_dir: str = "runs"
     compile: bool = False  # torch.compile the per-worker gradients (long runs)
+    buffers: Literal["average", "local"] | None = None  # model buffers: the algorithm's default if unset
     task: TaskConfig = TaskConfig()
-    algorithm: AlgorithmConfig
-    topology: TopologyConfig = TopologyConfig()
+    algorithm: dict
     network: NetworkConfig = NetworkConfig()
     lr_schedule: LRScheduleConfig = LRScheduleConfig()
+
+    @field_validator("algorithm")
+    @classmethod
+    def _known(cls, v):
+        build_algorithm(v)
+        return v
 
     @model_validator(mode="after")
     def _fits(self):
@@ -263,30 +122,28 @@ class RunConfig(_Strict):
             raise ValueError(
                 f"network.speeds has {len(self.network.speeds)} entries for n_workers={self.n_workers}"
             )
-        if isinstance(self.algorithm, RobustSGDConfig | RobustGossipConfig):
-            if self.algorithm.f >= self.n_workers:
-                raise ValueError(f"algorithm.f = {self.algorithm.f} must be < n_workers = {self.n_workers}")
-            _algorithm(self).validate(self.n_workers)
+        try:  # the checks that need n: topology fits, Byzantine ids, the rule's guarantee, ...
+            algorithm = bind(build_algorithm(self.algorithm), self.n_workers, self.seed)
+            if hasattr(algorithm, "validate"):
+                algorithm.validate(self.n_workers)
+        except ValueError as e:
+            raise ValueError(f"algorithm: {e}") from None
         return self
 
 
 def _format_error(err: ValidationError) -> str:
     e = err.errors()[0]
-    loc = [str(p) for p in e["loc"] if str(p) not in ALGORITHMS]
-    where = ".".join(loc) or "config"
-    msg = e["msg"]
-    if e["type"] == "union_tag_invalid":
-        msg = f"unknown algorithm {e['input'].get('name')!r} (choose from {', '.join(ALGORITHMS)})"
-        where = "algorithm.name"
-    elif e["type"] == "union_tag_not_found":
-        msg = f"missing 'name' (choose from {', '.join(ALGORITHMS)})"
-        where = "algorithm.name"
-    elif e["type"] == "extra_forbidden":
+    where = ".".join(str(p) for p in e["loc"]) or "config"
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "extra_forbidden":
         msg = "unknown key"
     elif e["type"] == "missing":
         msg = "required field is missing"
-    elif not isinstance(e.get("input"), dict | list):
+    elif e["type"] != "value_error" and not isinstance(e.get("input"), dict | list):
         msg = f"{msg} (got {e.get('input')!r})"
+    if where in ("algorithm", "config") and ": " in msg and msg.split(": ", 1)[0].replace(".", "").isidentifier():
+        field, msg = msg.split(": ", 1)  # "algorithm.lr: ..." rather than "algorithm: lr: ..."
+        where = f"{where}.{field}" if where == "algorithm" else field
     more = len(err.errors()) - 1
     return f"{where}: {msg}" + (f" (and {more} more error{'s' * (more > 1)})" if more else "")
 
@@ -313,10 +170,27 @@ def load_config(path: str | Path) -> RunConfig:
     return parse_config(data, str(p))
 
 
-def build(cfg: RunConfig):
-    """(task, algorithm, network) for a validated config."""
+def build_task(cfg: RunConfig):
     t = cfg.task
-    task = make_task(
+    if t.train is not None:
+        from .tasks.user import resolve, user_task
+
+        partition = t.partition or "iid"
+        if partition == "dirichlet":
+            partition = f"dirichlet:{t.alpha}"
+        elif partition == "labels":
+            partition = f"labels:{t.labels_per_worker}"
+        return user_task(
+            resolve(t.model, "task.model"),
+            resolve(t.train, "task.train"),
+            resolve(t.test, "task.test") if t.test is not None else None,
+            loss=t.loss,
+            n_workers=cfg.n_workers,
+            batch_size=t.batch_size,
+            partition=partition,
+            seed=cfg.seed,
+        )
+    return make_task(
         t.dataset,
         n_workers=cfg.n_workers,
         model=t.model,
@@ -331,64 +205,17 @@ def build(cfg: RunConfig):
         heterogeneity=t.heterogeneity,
         seed=cfg.seed,
     )
+
+
+def build(cfg: RunConfig):
+    """(task, algorithm, network) for a validated config; the algorithm is not yet bound
+    to the model (the runner binds it)."""
+    task = build_task(cfg)
     try:
-        algorithm = _algorithm(cfg)
-    except ValueError as e:  # a combination the algorithm refuses (e.g. D² on λ_min ≤ −1/3 without lazy)
+        algorithm = bind(build_algorithm(cfg.algorithm), cfg.n_workers, cfg.seed)
+    except ValueError as e:
         raise UserError(f"algorithm: {e}") from None
     return task, algorithm, _network(cfg)
-
-
-def _algorithm(cfg: RunConfig):
-    a = cfg.algorithm
-    if isinstance(a, SignumConfig):
-        return Signum(lr=a.lr, beta=a.beta, weight_decay=a.weight_decay, aggregate=a.aggregate)
-    if isinstance(a, EF21Config):
-        return EF21(lr=a.lr, compressor=a.compressor.build(), seed=cfg.seed)
-    if isinstance(a, RobustSGDConfig | RobustGossipConfig):
-        return _robust(cfg, a)
-    if isinstance(a, D2Config):
-        return D2(lr=a.lr, topology=_topology(cfg), weight_decay=a.weight_decay, lazy=a.lazy)
-    if isinstance(a, ADPSGDConfig):
-        return ADPSGD(
-            lr=a.lr, topology=_topology(cfg), weight_decay=a.weight_decay, split=a.split, seed=cfg.seed
-        )
-    sgd = {"lr": a.lr, "momentum": a.momentum, "weight_decay": a.weight_decay}
-    if isinstance(a, CompressedSGDConfig):
-        return CompressedSGD(
-            **sgd, compressor=a.compressor.build(), error_feedback=a.error_feedback, seed=cfg.seed
-        )
-    sgd["nesterov"] = a.nesterov
-    if isinstance(a, ChocoSGDConfig):
-        return ChocoSGD(
-            **sgd, topology=_topology(cfg), compressor=a.compressor.build(), gamma=a.gamma, seed=cfg.seed
-        )
-    if isinstance(a, AllReduceConfig):
-        return AllReduceSGD(**sgd)
-    if isinstance(a, LocalSGDConfig):
-        return LocalSGD(**sgd, local_steps=a.local_steps, average_momentum=a.average_momentum)
-    return DPSGD(**sgd, topology=_topology(cfg), variant=a.variant)
-
-
-def _topology(cfg: RunConfig):
-    tp = cfg.topology
-    return make_topology(
-        tp.name, cfg.n_workers, tp.mixing, degree=tp.degree, p=tp.p, rows=tp.rows, seed=cfg.seed
-    )
-
-
-def _robust(cfg: RunConfig, a):
-    common = {
-        "lr": a.lr,
-        "weight_decay": a.weight_decay,
-        "worker_momentum": a.worker_momentum,
-        "attack": Attack(a.attack.kind, a.attack.scale, seed=cfg.seed),
-        "byzantine": pick_byzantine(cfg.n_workers, a.f, a.byzantine_seed),
-        "check": a.check,
-    }
-    if isinstance(a, RobustSGDConfig):
-        return RobustSGD(**common, momentum=a.momentum, aggregator=a.aggregator.build(a.f, cfg.seed))
-    rule = "clipped" if a.aggregator is None else a.aggregator.build(a.f, cfg.seed)
-    return RobustGossip(**common, topology=_topology(cfg), rule=rule, tau=a.tau)
 
 
 def _network(cfg: RunConfig) -> NetworkModel:
@@ -409,33 +236,4 @@ def _network(cfg: RunConfig) -> NetworkModel:
         interconnect=nw.interconnect,
         allreduce=nw.allreduce,
         nis=nw.nis,
-    )
-
-
-def run_config(cfg: RunConfig, run_dir, *, backend: str = "sim", resume: bool = False, progress: bool = True):
-    """Build and train a validated config; `backend="torch"` needs an initialized process group."""
-    from .runner import train
-
-    task, algorithm, network = build(cfg)
-    comm = None
-    if backend == "torch":
-        from .comm.torchdist import TorchDistCommunicator
-
-        comm = TorchDistCommunicator(cfg.n_workers, network)
-    return train(
-        task,
-        algorithm,
-        steps=cfg.steps,
-        eval_every=cfg.eval_every,
-        network=network,
-        comm=comm,
-        seed=cfg.seed,
-        run_dir=run_dir,
-        checkpoint_every=cfg.checkpoint_every,
-        resume=resume,
-        progress=progress,
-        name=cfg.name,
-        config=cfg.model_dump(),
-        compile=cfg.compile,
-        lr_schedule=cfg.lr_schedule.build(),
     )

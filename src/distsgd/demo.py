@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .config import RunConfig, parse_config, run_config
+from .api import run_config
+from .config import RunConfig, parse_config
 from .plots import plot_runs
 
 DEMO_RUNS = {
@@ -23,7 +24,6 @@ def demo_configs(steps: int = 1500, n_workers: int = 16, out_dir: str = "runs/de
         "eval_every": max(1, steps // 30),
         "out_dir": out_dir,
         "task": {"dataset": "mnist1d", "model": "cnn1d", "batch_size": 32, "partition": "iid"},
-        "topology": {"name": "ring", "mixing": "metropolis"},
         # 1 Gbit/s links, 100 µs latency, 5 ms per gradient: a commodity cluster
         "network": {"bandwidth": 1.25e8, "latency": 1e-4, "compute_seconds": 5e-3},
     }

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from .algorithms.base import bind
 from .comm.base import Communicator
 from .comm.network import NetworkModel
 from .comm.simulated import SimulatedCommunicator
@@ -34,7 +35,7 @@ from .errors import UserError
 from .lr_schedule import LRSchedule
 from .tasks.task import Task
 from .topology import Topology
-from .workers import Workers
+from .workers import Flat, Workers
 
 METRIC_FIELDS = (
     "step",
@@ -60,6 +61,24 @@ class RunResult:
     state: dict
     run_dir: Path | None = None
     comm: Communicator | None = field(default=None, repr=False)
+    workers: Workers | None = field(default=None, repr=False)
+
+    def model(self):
+        """A copy of the task's module holding the averaged model (parameters and buffers)
+        of this process's workers (all workers in simulation)."""
+        import copy
+
+        w = self.workers
+        net = copy.deepcopy(w.model)
+        x = self.state["x"].mean(0)
+        params = dict(net.named_parameters())
+        with torch.no_grad():
+            for name, view in w.flat.unflatten(x).items():
+                params[name].copy_(view)
+            bufs = dict(net.named_buffers())
+            for name, b in w.buffers.items():
+                bufs[name].copy_(b.float().mean(0).to(b.dtype) if b.is_floating_point() else b[0])
+        return net
 
     @property
     def final(self) -> dict:
@@ -140,6 +159,129 @@ class _Progress:
             self.bar.stop()
 
 
+def _checkpoint_path(out: Path | None, comm: Communicator) -> Path | None:
+    if out is None:
+        return None
+    rank = comm.start // comm.m
+    return out / (f"checkpoint-rank{rank}.pt" if comm.m != comm.n else "checkpoint.pt")
+
+
+def buffer_policy(algorithm, buffers: str | None) -> str:
+    """"average": the workers' floating-point buffers (BatchNorm statistics) are all-reduced
+    after every step; "local": each worker keeps its own. Default: "average" for algorithms
+    whose workers share one model (AllReduce-SGD, compressed SGD, Signum, EF21, PowerSGD,
+    robust SGD), "local" for Local SGD and the decentralized ones."""
+    policy = buffers or getattr(algorithm, "buffer_policy", "local")
+    if policy not in ("average", "local"):
+        raise UserError(f"buffers must be 'average' or 'local', got {policy!r}")
+    return policy
+
+
+class _Loop:
+    """What one run carries between steps: workers, state, loss sums, metrics, clock."""
+
+    def __init__(self, task: Task, algorithm, comm: Communicator, seed: int, compile: bool, policy: str):
+        self.task, self.algorithm, self.comm, self.policy = task, algorithm, comm, policy
+        self.workers = Workers(task, seed=seed, start=comm.start, m=comm.m, compile=compile)
+        self.state = algorithm.init(self.workers.x0(), comm)
+        self.metrics: list[dict] = []
+        self.start_step, self.wall_offset = 0, 0.0
+        self.loss_sum = torch.zeros(comm.m, dtype=torch.float64)
+        self.loss_count = torch.zeros(comm.m, dtype=torch.float64)
+        self.t0 = time.perf_counter()
+
+    def wall(self) -> float:
+        return self.wall_offset + time.perf_counter() - self.t0
+
+    def oracle(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Gradients of every local worker at x[m, d]; with `rows` (asynchronous algorithms,
+        which keep their own clock), of those workers only, at x[len(rows), d]."""
+        g, loss = self.workers.gradients(x, rows)
+        if rows is None:
+            self.comm.compute()
+            self.loss_sum.add_(loss.detach().double())
+            self.loss_count.add_(1)
+        else:
+            self.loss_sum.index_add_(0, rows, loss.detach().double())
+            self.loss_count.index_add_(0, rows, torch.ones(len(rows), dtype=torch.float64))
+        return g
+
+    def step(self, algorithm) -> None:
+        self.state = algorithm.step(self.state, self.oracle, self.comm)
+        if self.policy == "average" and self.workers.buffers:
+            self.workers.average_buffers(self.comm)
+
+    def evaluate(self, step: int, writer: bool) -> dict:
+        """Metrics of the averaged model (and worker 0's own when the models differ); every
+        process takes part in the averages, the writer evaluates."""
+        comm, workers, task = self.comm, self.workers, self.task
+        x = self.state["x"]
+        xbar = comm.average(x)
+        buffers = workers.mean_buffers(comm)
+        consensus = comm.consensus_distance(x)
+        batch_loss = float(comm.average((self.loss_sum / self.loss_count.clamp(min=1)).unsqueeze(1)))
+        self.loss_sum.zero_()
+        self.loss_count.zero_()
+        epoch = step * task.n * task.batch_size / len(task.train)
+        row = {"step": step, "epoch": epoch, "batch_loss": batch_loss}
+        if writer:
+            f = workers.outputs(xbar, buffers)
+            row.update(task.evaluate(f, "train"))
+            row.update(task.evaluate(f, "test"))
+            if consensus > 1e-12:  # decentralized: a worker's own model too, not only the average
+                own = task.evaluate(workers.outputs(x[0]), "test")
+                row.update({f"worker0_{k}": v for k, v in own.items()})
+        row["consensus_distance"] = consensus
+        if hasattr(self.algorithm, "metrics"):
+            row.update(self.algorithm.metrics(self.state))
+        traffic = comm.traffic.summary()
+        for k in ("bytes_sent_per_worker", "bytes_sent_max_worker", "messages_per_worker", "sim_seconds"):
+            row[k] = traffic[k]
+        row["wall_seconds"] = self.wall()
+        if not math.isfinite(row["batch_loss"]):
+            row["diverged"] = True
+        return row
+
+    def checkpoint(self, step: int, name: str) -> dict:
+        return {
+            "step": step,
+            "n": self.task.n,
+            "d": self.workers.d,
+            "algorithm": name,
+            "state": self.state,
+            "workers": self.workers.state_dict(),
+            "comm": self.comm.state_dict(),
+            "wall_seconds": self.wall(),
+            "loss_sum": self.loss_sum,
+            "loss_count": self.loss_count,
+        }
+
+    def resume(self, path: Path | None, out: Path | None, name: str, writer: bool) -> None:
+        if path is None or not path.exists():
+            raise UserError(f"--resume: no checkpoint in {out}")
+        ck = torch.load(path, weights_only=False)
+        if ck["n"] != self.task.n or ck["d"] != self.workers.d or ck["algorithm"] != name:
+            raise UserError(f"--resume: the checkpoint in {out} is for a different run")
+        self.state = ck["state"]
+        self.workers.load_state_dict(ck["workers"])
+        self.comm.load_state_dict(ck["comm"])
+        self.start_step, self.wall_offset = ck["step"], ck["wall_seconds"]
+        self.loss_sum, self.loss_count = ck["loss_sum"], ck["loss_count"]
+        if writer and (out / "metrics.jsonl").exists():
+            rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
+            self.metrics = [r for r in rows if r["step"] <= self.start_step]
+
+
+def _write_metrics(out: Path, metrics: list[dict], row: dict | None = None) -> None:
+    """Append `row` to metrics.jsonl (or rewrite it whole when row is None) and rewrite the CSV."""
+    if row is None:
+        _atomic_write(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in metrics).encode())
+    else:
+        with open(out / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+    _atomic_write(out / "metrics.csv", _csv_text(metrics).encode())
+
+
 def train(
     task: Task,
     algorithm,
@@ -158,6 +300,7 @@ def train(
     config: dict | None = None,
     compile: bool = False,
     lr_schedule: LRSchedule | None = None,
+    buffers: str | None = None,
 ) -> RunResult:
     """Train `task` with `algorithm` for `steps` steps; returns metrics, summary and state.
 
@@ -165,8 +308,10 @@ def train(
     algorithms compare at equal computation. `stop_after` ends the run early as if it
     were interrupted there (used to test resuming). `compile` runs the per-worker gradient
     through torch.compile (faster for long runs, ~25 s to compile first). `lr_schedule`
-    scales the algorithm's `lr` step by step (see `distsgd.lr_schedule`).
+    scales the algorithm's `lr` step by step (see `distsgd.lr_schedule`). `buffers` is the
+    policy for the model's buffers (see `buffer_policy`).
     """
+    # -- setup -----------------------------------------------------------------------------
     if steps < 1:
         raise UserError(f"steps must be >= 1, got {steps}")
     if lr_schedule is not None and lr_schedule.kind == "constant" and not lr_schedule.warmup:
@@ -177,126 +322,50 @@ def train(
     comm = comm or SimulatedCommunicator(task.n, network)
     if comm.n != task.n:
         raise UserError(f"the task has {task.n} workers, the communicator {comm.n}")
-    writer = comm.start == 0
-    rank = comm.start // comm.m
-    name = name or getattr(algorithm, "name", "run")
-    out = Path(run_dir) if run_dir is not None else None
-    ckpt_path = out / (f"checkpoint-rank{rank}.pt" if comm.m != comm.n else "checkpoint.pt") if out else None
-
+    try:
+        algorithm = bind(algorithm, task.n, seed, Flat.from_module(task.model).shapes)
+    except ValueError as e:
+        raise UserError(f"algorithm: {e}") from None
     if hasattr(algorithm, "prepare_task"):  # e.g. label flipping by Byzantine workers
         task = algorithm.prepare_task(task)
-    workers = Workers(task, seed=seed, start=comm.start, m=comm.m, compile=compile)
-    state = algorithm.init(workers.x0(), comm)
-    metrics: list[dict] = []
-    start_step, wall_offset = 0, 0.0
-    loss_sum = torch.zeros(comm.m, dtype=torch.float64)
-    loss_count = torch.zeros(comm.m, dtype=torch.float64)
-
+    writer = comm.start == 0
+    name = name or getattr(algorithm, "name", "run")
+    out = Path(run_dir) if run_dir is not None else None
+    ckpt_path = _checkpoint_path(out, comm)
+    loop = _Loop(task, algorithm, comm, seed, compile, buffer_policy(algorithm, buffers))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     if resume:
-        if ckpt_path is None or not ckpt_path.exists():
-            raise UserError(f"--resume: no checkpoint in {out}")
-        ck = torch.load(ckpt_path, weights_only=False)
-        if ck["n"] != task.n or ck["d"] != workers.d or ck["algorithm"] != name:
-            raise UserError(f"--resume: the checkpoint in {out} is for a different run")
-        state = ck["state"]
-        workers.load_state_dict(ck["workers"])
-        comm.load_state_dict(ck["comm"])
-        start_step, wall_offset = ck["step"], ck["wall_seconds"]
-        loss_sum, loss_count = ck["loss_sum"], ck["loss_count"]
-        if writer and (out / "metrics.jsonl").exists():
-            rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
-            metrics = [r for r in rows if r["step"] <= start_step]
+        loop.resume(ckpt_path, out, name, writer)
     if writer and out is not None:
-        _atomic_write(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in metrics).encode())
-        _atomic_write(out / "metrics.csv", _csv_text(metrics).encode())
-
-    def oracle(x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Gradients of every local worker at x[m, d]; with `rows` (asynchronous algorithms,
-        which keep their own clock), of those workers only, at x[len(rows), d]."""
-        g, loss = workers.gradients(x, rows)
-        if rows is None:
-            comm.compute()
-            loss_sum.add_(loss.detach().double())
-            loss_count.add_(1)
-        else:
-            loss_sum.index_add_(0, rows, loss.detach().double())
-            loss_count.index_add_(0, rows, torch.ones(len(rows), dtype=torch.float64))
-        return g
-
-    samples_per_step = task.n * task.batch_size
-    train_size = len(task.dataset.y)
+        _write_metrics(out, loop.metrics)
     last = min(steps, stop_after) if stop_after is not None else steps
-    bar = _Progress(progress and writer, steps, start_step, name)
-    t0 = time.perf_counter()
+    bar = _Progress(progress and writer, steps, loop.start_step, name)
+    loop.t0 = time.perf_counter()
 
-    def evaluate(step: int) -> dict:
-        nonlocal loss_sum, loss_count
-        x = state["x"]
-        xbar = comm.average(x)
-        consensus = comm.consensus_distance(x)
-        batch_loss = float(comm.average((loss_sum / loss_count.clamp(min=1)).unsqueeze(1)))
-        loss_sum = torch.zeros_like(loss_sum)
-        loss_count = torch.zeros_like(loss_count)
-        row = {"step": step, "epoch": step * samples_per_step / train_size, "batch_loss": batch_loss}
-        if writer:
-            f = workers.outputs(xbar)
-            row.update(task.evaluate(f, "train"))
-            row.update(task.evaluate(f, "test"))
-            if consensus > 1e-12:  # decentralized: a worker's own model too, not only the average
-                own = task.evaluate(workers.outputs(x[0]), "test")
-                row.update({f"worker0_{k}": v for k, v in own.items()})
-        row["consensus_distance"] = consensus
-        if hasattr(algorithm, "metrics"):
-            row.update(algorithm.metrics(state))
-        traffic = comm.traffic.summary()
-        for k in ("bytes_sent_per_worker", "bytes_sent_max_worker", "messages_per_worker", "sim_seconds"):
-            row[k] = traffic[k]
-        row["wall_seconds"] = wall_offset + time.perf_counter() - t0
-        return row
-
+    # -- the loop --------------------------------------------------------------------------
     scaled, factor = algorithm, 1.0
     try:
-        for t in range(start_step, last):
+        for t in range(loop.start_step, last):
             if lr_schedule is not None and (f := lr_schedule.factor(t, steps)) != factor:
                 scaled, factor = replace(algorithm, lr=algorithm.lr * f), f
-            state = scaled.step(state, oracle, comm)
+            loop.step(scaled)
             step = t + 1
             if step % eval_every == 0 or step == steps:
-                row = evaluate(step)
-                if not math.isfinite(row["batch_loss"]):
-                    row["diverged"] = True
-                metrics.append(row)
+                row = loop.evaluate(step, writer)
+                loop.metrics.append(row)
                 if writer and out is not None:
-                    with open(out / "metrics.jsonl", "a") as fh:
-                        fh.write(json.dumps(row) + "\n")
-                    _atomic_write(out / "metrics.csv", _csv_text(metrics).encode())
+                    _write_metrics(out, loop.metrics, row)
                 acc = row.get("test_acc")
-                bar.update(
-                    step, f"loss {row['batch_loss']:.3f}" + (f" acc {acc:.3f}" if acc is not None else "")
-                )
+                bar.update(step, f"loss {row['batch_loss']:.3f}" + (f" acc {acc:.3f}" if acc is not None else ""))
             else:
                 bar.update(step)
             if ckpt_path is not None and checkpoint_every and step % checkpoint_every == 0:
-                _atomic_save(
-                    {
-                        "step": step,
-                        "n": task.n,
-                        "d": workers.d,
-                        "algorithm": name,
-                        "state": state,
-                        "workers": workers.state_dict(),
-                        "comm": comm.state_dict(),
-                        "wall_seconds": wall_offset + time.perf_counter() - t0,
-                        "loss_sum": loss_sum,
-                        "loss_count": loss_count,
-                    },
-                    ckpt_path,
-                )
+                _atomic_save(loop.checkpoint(step, name), ckpt_path)
     finally:
         bar.close()
 
+    # -- summary ---------------------------------------------------------------------------
     summary = {
         "name": name,
         "steps": last,
@@ -305,15 +374,16 @@ def train(
         "lr_schedule": asdict(lr_schedule) if lr_schedule is not None else None,
         "task": task.description,
         "workers": task.n,
-        "parameters": workers.d,
+        "parameters": loop.workers.d,
+        "buffers": loop.policy,
         "network": asdict(comm.network),
         "traffic": comm.traffic.summary(),
-        "final": metrics[-1] if metrics else {},
-        "wall_seconds": wall_offset + time.perf_counter() - t0,
+        "final": loop.metrics[-1] if loop.metrics else {},
+        "wall_seconds": loop.wall(),
         "seed": seed,
     }
     if config is not None:
         summary["config"] = config
     if writer and out is not None:
         _atomic_write(out / "summary.json", json.dumps(summary, indent=2, default=str).encode())
-    return RunResult(metrics, summary, state, out, comm)
+    return RunResult(loop.metrics, summary, loop.state, out, comm, loop.workers)

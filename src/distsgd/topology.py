@@ -202,3 +202,63 @@ def make_topology(name: str, n: int, mixing: str = "metropolis", **graph_kwargs)
     """Build graph and mixing matrix in one call, e.g. `make_topology("ring", 16)`."""
     g = build_graph(name, n, **graph_kwargs)
     return Topology(name=name, graph=g, mixing=mixing_matrix(g, mixing), mixing_kind=mixing)
+
+
+_SHORTHAND = {"random_regular": "degree", "erdos_renyi": "p", "torus": "rows"}
+
+
+@dataclass(frozen=True)
+class TopologySpec:
+    """A topology before the number of workers is known: what an algorithm's `topology`
+    option holds until the engine binds it to n workers and the run's seed."""
+
+    name: str = "ring"
+    mixing: str = "metropolis"
+    degree: int = 4  # random_regular
+    p: float = 0.3  # erdos_renyi
+    rows: int | None = None  # torus
+
+    def __post_init__(self):
+        if self.name not in TOPOLOGIES:
+            raise ValueError(f"unknown topology {self.name!r} (choose from {', '.join(TOPOLOGIES)})")
+        if self.mixing not in MIXINGS:
+            raise ValueError(f"unknown mixing {self.mixing!r} (choose from {', '.join(MIXINGS)})")
+
+    @classmethod
+    def parse(cls, spec) -> TopologySpec | Topology:
+        """From "ring", "random_regular:4", {name = "torus", rows = 4}, a spec or a Topology."""
+        if isinstance(spec, Topology | TopologySpec):
+            return spec
+        if isinstance(spec, str):
+            name, _, value = spec.partition(":")
+            kw = {}
+            if value:
+                key = _SHORTHAND.get(name.strip())
+                if key is None:
+                    raise ValueError(f"topology {name!r} takes no ':value' shorthand")
+                kw[key] = float(value) if key == "p" else int(value)
+            return cls(name.strip(), **kw)
+        if isinstance(spec, dict):
+            unknown = set(spec) - {"name", "mixing", "degree", "p", "rows"}
+            if unknown:
+                raise ValueError(f"topology: unknown option {sorted(unknown)[0]!r} (options: name, mixing, degree, p, rows)")
+            return cls(**spec)
+        raise ValueError(f"topology: expected a name, a table or a Topology, got {type(spec).__name__}")
+
+    def build(self, n: int, seed: int = 0) -> Topology:
+        return _build_cached(self, n, seed)
+
+
+_CACHE: dict[tuple, Topology] = {}
+
+
+def _build_cached(spec: TopologySpec, n: int, seed: int) -> Topology:
+    """Topologies are pure functions of (spec, n, seed); build each once per process."""
+    key = (spec, n, seed)
+    if key not in _CACHE:
+        if len(_CACHE) > 64:
+            _CACHE.clear()
+        _CACHE[key] = make_topology(
+            spec.name, n, spec.mixing, degree=spec.degree, p=spec.p, rows=spec.rows, seed=seed
+        )
+    return _CACHE[key]

@@ -36,8 +36,11 @@ class Flat:
 
     @classmethod
     def from_module(cls, module: nn.Module) -> Flat:
+        """The trainable parameters (requires_grad); frozen ones stay constants, as DDP leaves them."""
         names, shapes, offsets, off = [], [], [], 0
         for name, p in module.named_parameters():
+            if not p.requires_grad:
+                continue
             names.append(name)
             shapes.append(p.shape)
             offsets.append(off)
@@ -63,6 +66,38 @@ class Flat:
 
 
 REFILL_BATCHES = 16
+
+
+def not_vmappable(model: nn.Module, err: Exception, sample: torch.Tensor) -> Exception:
+    """One clear error for a model the stacked engine cannot vmap, naming the innermost
+    submodule that was running when it failed (found by re-running one sample under hooks)."""
+    from .errors import UserError
+
+    running: list[str] = []
+    names = {id(m): n for n, m in model.named_modules()}
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, _a: running.append(names.get(id(mod), "?")))
+        for m in model.modules()
+    ] + [m.register_forward_hook(lambda mod, _a, _o: running.pop()) for m in model.modules()]
+    try:
+        from torch.func import functional_call, vmap
+
+        params = {n: p.detach().unsqueeze(0) for n, p in model.named_parameters()}
+        buffers = {n: b.detach().unsqueeze(0).clone() for n, b in model.named_buffers()}
+        vmap(lambda p, b, x: functional_call(model, (p, b), (x,)))(params, buffers, sample.unsqueeze(0))
+    except Exception:
+        pass
+    finally:
+        for h in hooks:
+            h.remove()
+    where = f" in submodule {running[-1]!r} ({type(model.get_submodule(running[-1])).__name__})" if running and running[-1] else ""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return UserError(
+        f"the model {type(model).__name__} cannot run in the stacked simulation (torch.func.vmap){where}: "
+        f"{first}. Data-dependent control flow (if/loops on tensor values), .item() and in-place "
+        "updates of captured tensors are not vmappable; rewrite them with torch.where, or run "
+        "distsgd.DistributedOptimizer under torchrun instead"
+    )
 
 
 def _worker_seed(seed: int, worker: int) -> int:
@@ -100,9 +135,14 @@ class Workers:
         self.taken = self.capacity.clone()  # all used up: the first draw fills every buffer
         self._arange = torch.arange(self.batch_size)
         loss = task.loss
+        trainable = set(self.flat.names)
+        self.frozen = {n: p.detach() for n, p in self.model.named_parameters() if n not in trainable}
+        # buffers (BatchNorm statistics) per worker [m, ...]: updated in place by the forward
+        self.buffers = {n: b.detach().unsqueeze(0).repeat(self.m, *[1] * b.dim()) for n, b in self.model.named_buffers()}
+        frozen = self.frozen
 
-        def sample_loss(params, xb, yb):
-            return loss(functional_call(self.model, params, (xb,)), yb)
+        def sample_loss(params, buffers, xb, yb):
+            return loss(functional_call(self.model, (params, buffers, frozen), (xb,)), yb)
 
         # Differentiate per layer, not through slices of the flat row: the backward of a
         # slice writes a zero-filled [d] gradient per layer, which costs more than the model.
@@ -145,32 +185,69 @@ class Workers:
         self, x: torch.Tensor, rows: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One stochastic gradient per worker at its own row of x[m, d]: (g[m, d], loss[m]).
-        With `rows` (local indices), x holds those workers' rows only and only they draw."""
+        With `rows` (local indices), x holds those workers' rows only and only they draw.
+        Each worker's buffers (BatchNorm statistics) advance with its own batch."""
         idx = self.next_batch(rows)
-        data = self.task.dataset
-        y = data.y[idx]
+        xb, y = self.task.train.batch(idx)
         if self._flip is not None:
             flip = self._flip if rows is None else torch.nonzero(torch.isin(rows, self._flip)).flatten()
             y[flip] = self.task.flipped(y[flip])
         k = x.shape[0]
         layers = {name: self.flat.layer(x, name) for name in self.flat.names}
-        grads, loss = self._grad(layers, data.x[idx], y)
+        buffers = self.buffers if rows is None else {n: b[rows] for n, b in self.buffers.items()}
+        try:
+            grads, loss = self._grad(layers, buffers, xb, y)
+        except (RuntimeError, NotImplementedError, TypeError, ValueError) as e:
+            raise not_vmappable(self.model, e, xb[0]) from None
+        if rows is not None:
+            for n, b in buffers.items():
+                self.buffers[n][rows] = b
         g = torch.cat([grads[name].reshape(k, -1) for name in self.flat.names], dim=1)
         return g, loss
 
-    def outputs(self, p: torch.Tensor):
-        """The model with flat parameters p[d], as a function of a batch of inputs."""
+    def average_buffers(self, comm) -> None:
+        """Every worker's floating-point buffers become their mean over all workers."""
+        for b in self.buffers.values():
+            if b.is_floating_point():
+                b.copy_(comm.all_reduce_mean(b.reshape(self.m, -1)).reshape(b.shape))
+
+    def mean_buffers(self, comm) -> dict[str, torch.Tensor]:
+        """The buffers of the averaged model (float ones averaged over all workers; counters
+        such as BatchNorm's num_batches_tracked from the first local worker)."""
+        return {
+            n: comm.average(b.reshape(self.m, -1)).reshape(b.shape[1:]) if b.is_floating_point() else b[0]
+            for n, b in self.buffers.items()
+        }
+
+    def outputs(self, p: torch.Tensor, buffers: dict[str, torch.Tensor] | None = None):
+        """The model in eval mode with flat parameters p[d] and `buffers` (default: the first
+        local worker's), as a function of a batch of inputs."""
         params = self.flat.unflatten(p)
-        return lambda xb: functional_call(self.model, params, (xb,))
+        if buffers is None:
+            buffers = {n: b[0] for n, b in self.buffers.items()}
+        state = (params, buffers, self.frozen)
+
+        def f(xb):
+            was = self.model.training
+            self.model.eval()
+            try:
+                return functional_call(self.model, state, (xb,))
+            finally:
+                self.model.train(was)
+
+        return f
 
     def state_dict(self) -> dict:
         return {
+            "buffers": {n: b.clone() for n, b in self.buffers.items()},
             "perm": self.perm.clone(),
             "taken": self.taken.clone(),
             "generators": [g.get_state() for g in self.generators],
         }
 
     def load_state_dict(self, s: dict) -> None:
+        for n, b in s.get("buffers", {}).items():
+            self.buffers[n].copy_(b)
         self.perm = s["perm"].clone()
         self.taken = s["taken"].clone()
         for g, st in zip(self.generators, s["generators"], strict=True):

@@ -2,17 +2,22 @@
 
 from .adpsgd import ADPSGD
 from .allreduce_sgd import AllReduceSGD
-from .base import Algorithm, Oracle, State, sgd_direction
+from .base import ALGORITHMS, Algorithm, Oracle, State, bind, options, sgd_direction
 from .choco_sgd import ChocoSGD
 from .compressed_sgd import CompressedSGD
 from .d2 import D2
 from .dpsgd import DPSGD
 from .ef21 import EF21, ef21_stepsize
 from .local_sgd import LocalSGD
+from .powersgd import PowerSGD
 from .robust_sgd import RobustGossip, RobustSGD
 from .signum import Signum, majority_vote
 
 __all__ = [
+    "ALGORITHMS",
+    "PowerSGD",
+    "bind",
+    "options",
     "ADPSGD",
     "D2",
     "ChocoSGD",

@@ -43,31 +43,29 @@ Runs on the simulated backend (one process holds every worker's model).
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import networkx as nx
 import torch
+from pydantic import Field
 
 from ..errors import UserError
-from ..topology import Topology
-from .base import check_hyper
+from .base import ALGORITHMS, TopologyOption, options, seed_of
 
 GRAD, AVG, APPLY = 0, 1, 2  # event kinds
 
 
-@dataclass(frozen=True)
+@ALGORITHMS.register(paper="Lian et al., ICML 2018")
+@options
 class ADPSGD:
-    lr: float
-    topology: Topology
-    weight_decay: float = 0.0
-    split: str = "auto"  # "auto": active/passive sets on a bipartite graph; "none": all active
-    seed: int = 0
-    name: str = "adpsgd"
+    """AD-PSGD: asynchronous decentralized SGD with atomic pairwise averaging (event-driven simulation)."""
 
-    def __post_init__(self):
-        check_hyper(self.lr, 0.0, self.weight_decay)
-        if self.split not in ("auto", "none"):
-            raise ValueError(f"split must be 'auto' or 'none', got {self.split!r}")
+    lr: Annotated[float, Field(gt=0, description="step size γ")]
+    topology: Annotated[TopologyOption, Field(description="gossip graph: a name (ring, torus, exponential, ...), \"random_regular:4\" or a table with mixing")] = "ring"
+    weight_decay: Annotated[float, Field(ge=0, description="L2 weight decay λ")] = 0.0
+    split: Annotated[Literal["auto", "none"], Field(description="auto: active/passive sets on a bipartite graph; none: all active")] = "auto"
+    seed: Annotated[int | None, Field(ge=0, description="seed of the algorithm's random draws (default: the run's)")] = None
+    name: str = "adpsgd"
 
     def active_set(self) -> torch.Tensor:
         """[n] bool: the workers that initiate averaging."""
@@ -109,7 +107,7 @@ class ADPSGD:
             "clock": 0.0,
             "staleness": [],  # histogram: staleness[s] = gradients applied with staleness s
             "averagings": 0,
-            "rng": torch.Generator().manual_seed(self.seed).get_state(),
+            "rng": torch.Generator().manual_seed(seed_of(self)).get_state(),
             "t": 0,
         }
 

@@ -12,21 +12,25 @@ which equals single-worker SGD on the concatenation of the n mini-batches (Dekel
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Annotated, ClassVar
 
-from .base import check_hyper, sgd_direction
+from pydantic import Field
+
+from .base import ALGORITHMS, options, sgd_direction
 
 
-@dataclass(frozen=True)
+@ALGORITHMS.register(paper="Dekel et al., JMLR 2012; Goyal et al. 2017")
+@options
 class AllReduceSGD:
-    lr: float
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    nesterov: bool = False
-    name: str = "allreduce_sgd"
+    """Synchronous data-parallel SGD: every step one all-reduce of the gradients."""
 
-    def __post_init__(self):
-        check_hyper(self.lr, self.momentum, self.weight_decay)
+    buffer_policy: ClassVar[str] = "average"  # every worker holds the same model
+
+    lr: Annotated[float, Field(gt=0, description="step size γ")]
+    momentum: Annotated[float, Field(ge=0, lt=1, description="heavy-ball momentum μ (torch.optim.SGD form)")] = 0.0
+    weight_decay: Annotated[float, Field(ge=0, description="L2 weight decay λ")] = 0.0
+    nesterov: Annotated[bool, Field(description="Nesterov momentum")] = False
+    name: str = "allreduce_sgd"
 
     def init(self, x0, comm):
         return {"x": x0.clone(), "momentum": None, "t": 0}

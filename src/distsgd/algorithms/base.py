@@ -11,15 +11,71 @@ parameters are large): clone a state you want to keep.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import torch
+from pydantic import BeforeValidator, ConfigDict, ValidationError
+from pydantic.dataclasses import dataclass as _pydantic_dataclass
 
 from ..comm.base import Communicator
+from ..compress import Compressor, make_compressor
+from ..registry import Registry, one_line
+from ..topology import Topology, TopologySpec
 
 Oracle = Callable[[torch.Tensor], torch.Tensor]
 State = dict[str, Any]
+
+
+ALGORITHMS = Registry("algorithm")
+
+
+def options(cls):
+    """Make an algorithm's class its own configuration: a frozen pydantic dataclass, so the
+    same typed, ranged fields validate `ChocoSGD(lr=...)` in Python and `[algorithm]` in TOML
+    (unknown options and wrong types are errors; ranges come from `Field`)."""
+    return _pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_default=True))(cls)
+
+
+def _compressor(v):
+    return v if v is None else make_compressor(v)
+
+
+# Option types shared by the algorithms: each accepts a spec (a name, "name:value" or a
+# table, see `distsgd.registry`) or a built object.
+TopologyOption = Annotated[Topology | TopologySpec, BeforeValidator(TopologySpec.parse)]
+CompressorOption = Annotated[Compressor, BeforeValidator(_compressor)]
+
+
+def bind(algorithm, n: int, seed: int = 0, shapes=None):
+    """The algorithm ready for n workers: topology specs built for n (seeded), an unset
+    `seed` set to the run's, an unset `shapes` (the model's layer shapes, for layer-wise
+    methods such as PowerSGD) filled in, then the algorithm's own `bind(n)` if it has one
+    (e.g. picking the Byzantine workers). Binding a bound algorithm changes nothing."""
+    if not dataclasses.is_dataclass(algorithm):
+        return algorithm
+    names = {f.name for f in dataclasses.fields(algorithm)}
+    changes = {}
+    for f in dataclasses.fields(algorithm):
+        v = getattr(algorithm, f.name)
+        if isinstance(v, TopologySpec):
+            changes[f.name] = v.build(n, seed)
+    if "seed" in names and algorithm.seed is None:
+        changes["seed"] = seed
+    if "shapes" in names and algorithm.shapes is None and shapes is not None:
+        changes["shapes"] = tuple(tuple(s) for s in shapes)
+    try:
+        out = dataclasses.replace(algorithm, **changes) if changes else algorithm
+        hook = getattr(out, "bind", None)
+        return hook(n) if hook is not None else out
+    except ValidationError as e:  # a check that needs n (e.g. D² on its topology): one line
+        raise ValueError(one_line(e)) from None
+
+
+def seed_of(algorithm) -> int:
+    """The algorithm's seed (0 when left unset and never bound)."""
+    return algorithm.seed or 0
 
 
 class Algorithm(Protocol):

@@ -21,37 +21,33 @@ Jaggi (ICLR 2020) train deep networks with.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
+from pydantic import Field
 
-from ..compress import Identity
-from ..compress.base import Compressor
-from ..topology import Topology
-from .base import check_hyper, sgd_direction
+from .base import ALGORITHMS, CompressorOption, TopologyOption, options, seed_of, sgd_direction
 
 
-@dataclass(frozen=True)
+@ALGORITHMS.register(paper="Koloskova, Stich, Jaggi, ICML 2019")
+@options
 class ChocoSGD:
-    lr: float
-    topology: Topology
-    compressor: Compressor = field(default_factory=Identity)
-    gamma: float = 1.0  # consensus step size
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    nesterov: bool = False
-    seed: int = 0
-    name: str = "choco_sgd"
+    """CHOCO-SGD: decentralized SGD with compressed gossip of model differences."""
 
-    def __post_init__(self):
-        check_hyper(self.lr, self.momentum, self.weight_decay)
-        if not 0 < self.gamma <= 1:
-            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
+    lr: Annotated[float, Field(gt=0, description="step size γ")]
+    topology: Annotated[TopologyOption, Field(description="gossip graph: a name (ring, torus, exponential, ...), \"random_regular:4\" or a table with mixing")] = "ring"
+    compressor: Annotated[CompressorOption, Field(description="compressor Q of the differences (e.g. \"topk:0.01\")")] = "topk:0.01"
+    gamma: Annotated[float, Field(gt=0, le=1, description="consensus step size γ (1 suits the identity compressor; Top-1% needs about 0.05)")] = 0.05
+    momentum: Annotated[float, Field(ge=0, lt=1, description="heavy-ball momentum μ (torch.optim.SGD form)")] = 0.0
+    weight_decay: Annotated[float, Field(ge=0, description="L2 weight decay λ")] = 0.0
+    nesterov: Annotated[bool, Field(description="Nesterov momentum")] = False
+    seed: Annotated[int | None, Field(ge=0, description="seed of the algorithm's random draws (default: the run's)")] = None
+    name: str = "choco_sgd"
 
     def init(self, x0, comm):
         if self.topology.n != comm.n:
             raise ValueError(f"topology has {self.topology.n} nodes for {comm.n} workers")
-        gen = torch.Generator().manual_seed(self.seed * 7919 + comm.start)
+        gen = torch.Generator().manual_seed(seed_of(self) * 7919 + comm.start)
         return {
             "x": x0.clone(),
             "x_hat": torch.zeros_like(x0),  # public copies start at 0 (the paper's x̂⁰ = 0)

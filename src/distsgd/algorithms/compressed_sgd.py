@@ -19,39 +19,39 @@ server's average back to every worker, counted from the tensors built.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Annotated, ClassVar, Literal
 
 import torch
+from pydantic import Field
 
-from ..compress.base import Compressor
 from ..compress.feedback import error_feedback
 from ..compress.quantize import Identity
-from .base import check_hyper, sgd_direction
+from .base import ALGORITHMS, CompressorOption, options, seed_of, sgd_direction
 
 
-@dataclass(frozen=True)
+@ALGORITHMS.register(paper="Seide et al. 2014; Karimireddy et al., ICML 2019 (EF-SGD)")
+@options
 class CompressedSGD:
-    lr: float
-    compressor: Compressor
-    error_feedback: bool = True
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    downlink: Compressor | None = None  # None: the server's average goes back as float32
-    mode: str = "server"  # "server" or "allgather"
-    seed: int = 0
-    name: str = "compressed_sgd"
+    """Compressed data-parallel SGD with error feedback (EF-SGD)."""
 
-    def __post_init__(self):
-        check_hyper(self.lr, self.momentum, self.weight_decay)
-        if self.mode not in ("server", "allgather"):
-            raise ValueError("mode must be 'server' or 'allgather'")
+    buffer_policy: ClassVar[str] = "average"  # every worker holds the same model
+
+    lr: Annotated[float, Field(gt=0, description="step size γ")]
+    compressor: Annotated[CompressorOption, Field(description="compressor C of each worker's step")] = "scaled_sign"
+    error_feedback: Annotated[bool, Field(description="keep the compression error and add it back (EF)")] = True
+    momentum: Annotated[float, Field(ge=0, lt=1, description="heavy-ball momentum μ (torch.optim.SGD form)")] = 0.0
+    weight_decay: Annotated[float, Field(ge=0, description="L2 weight decay λ")] = 0.0
+    downlink: Annotated[CompressorOption | None, Field(description="compressor of the server's average (None: float32)")] = None
+    mode: Annotated[Literal["server", "allgather"], Field(description="server: gather to a server and broadcast; allgather: every worker gets every message")] = "server"
+    seed: Annotated[int | None, Field(ge=0, description="seed of the algorithm's random draws (default: the run's)")] = None
+    name: str = "compressed_sgd"
 
     def init(self, x0, comm):
         return {
             "x": x0.clone(),
             "momentum": None,
             "error": torch.zeros_like(x0) if self.error_feedback else None,
-            "rng": torch.Generator().manual_seed(self.seed * 7919 + comm.start).get_state(),
+            "rng": torch.Generator().manual_seed(seed_of(self) * 7919 + comm.start).get_state(),
             "t": 0,
         }
 

@@ -22,26 +22,30 @@ and x_{t+1} − x_t = −γ ḡ_t by induction: exactly AllReduce-SGD (tested).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from pydantic import Field
 
 from ..topology import Topology
-from .base import check_hyper
+from .base import ALGORITHMS, TopologyOption, options
 
 LAMBDA_MIN = -1 / 3
 
 
-@dataclass(frozen=True)
+@ALGORITHMS.register(paper="Tang et al., ICML 2018")
+@options
 class D2:
-    lr: float
-    topology: Topology
-    weight_decay: float = 0.0
-    lazy: str | bool = "auto"  # "auto": (W + I)/2 when λ_min(W) ≤ −1/3; True: always; False: refuse
+    """D²: decentralized training robust to data variance across workers (gossip of 2x − x_prev − γ(g − g_prev))."""
+
+    lr: Annotated[float, Field(gt=0, description="step size γ")]
+    topology: Annotated[TopologyOption, Field(description="gossip graph: a name (ring, torus, exponential, ...), \"random_regular:4\" or a table with mixing")] = "ring"
+    weight_decay: Annotated[float, Field(ge=0, description="L2 weight decay λ")] = 0.0
+    lazy: Annotated[Literal["auto"] | bool, Field(description="auto: (W + I)/2 when λ_min(W) ≤ −1/3; true: always; false: refuse")] = "auto"
     name: str = "d2"
 
     def __post_init__(self):
-        check_hyper(self.lr, 0.0, self.weight_decay)
-        if self.lazy not in ("auto", True, False):
-            raise ValueError(f"lazy must be 'auto', True or False, got {self.lazy!r}")
+        if not isinstance(self.topology, Topology):
+            return  # a spec: checked when bound to n workers
         lam = self.topology.lambda_min
         if self.lazy is True or (self.lazy == "auto" and lam <= LAMBDA_MIN + 1e-9):
             if not self.topology.mixing_kind.startswith("lazy"):

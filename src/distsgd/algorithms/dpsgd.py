@@ -18,28 +18,27 @@ neighbour and receives theirs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Annotated, Literal
 
-from ..topology import Topology
-from .base import check_hyper, sgd_direction
+from pydantic import Field
+
+from .base import ALGORITHMS, TopologyOption, options, sgd_direction
 
 VARIANTS = ("paper", "atc")
 
 
-@dataclass(frozen=True)
+@ALGORITHMS.register(paper="Lian et al., NeurIPS 2017")
+@options
 class DPSGD:
-    lr: float
-    topology: Topology
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    nesterov: bool = False
-    variant: str = "paper"
-    name: str = "dpsgd"
+    """D-PSGD: each step a local SGD step and one gossip average with the neighbours."""
 
-    def __post_init__(self):
-        check_hyper(self.lr, self.momentum, self.weight_decay)
-        if self.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+    lr: Annotated[float, Field(gt=0, description="step size γ")]
+    topology: Annotated[TopologyOption, Field(description="gossip graph: a name (ring, torus, exponential, ...), \"random_regular:4\" or a table with mixing")] = "ring"
+    momentum: Annotated[float, Field(ge=0, lt=1, description="heavy-ball momentum μ (torch.optim.SGD form)")] = 0.0
+    weight_decay: Annotated[float, Field(ge=0, description="L2 weight decay λ")] = 0.0
+    nesterov: Annotated[bool, Field(description="Nesterov momentum")] = False
+    variant: Annotated[Literal["paper", "atc"], Field(description="paper: gossip x then step; atc: step then gossip")] = "paper"
+    name: str = "dpsgd"
 
     def init(self, x0, comm):
         if self.topology.n != comm.n:

@@ -18,11 +18,13 @@ papers' setting) or a stochastic one.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import Annotated, ClassVar
 
 import torch
+from pydantic import Field
 
-from ..compress.base import Compressor, Payload
+from ..compress.base import Payload
+from .base import ALGORITHMS, CompressorOption, options, seed_of
 
 
 def ef21_stepsize(L: float, Ls: list[float], alpha: float, weighted: bool = False) -> float:
@@ -38,17 +40,18 @@ def ef21_stepsize(L: float, Ls: list[float], alpha: float, weighted: bool = Fals
     return 1.0 / (L + lt * math.sqrt(beta / theta))
 
 
-@dataclass(frozen=True)
+@ALGORITHMS.register(paper="Richtárik, Sokolov, Fatkhullin, NeurIPS 2021; EF21-W: Richtárik et al. 2024")
+@options
 class EF21:
-    lr: float
-    compressor: Compressor
-    weights: tuple[float, ...] | None = None  # L_i for EF21-W; None: plain EF21
-    seed: int = 0
-    name: str = "ef21"
+    """EF21 (and EF21-W): error feedback with compressed gradient differences."""
 
-    def __post_init__(self):
-        if not self.lr > 0:
-            raise ValueError("lr must be > 0")
+    buffer_policy: ClassVar[str] = "average"  # every worker holds the same model
+
+    lr: Annotated[float, Field(gt=0, description="step size γ")]
+    compressor: Annotated[CompressorOption, Field(description="contractive compressor C (e.g. \"topk:0.01\")")] = "topk:0.01"
+    weights: Annotated[tuple[Annotated[float, Field(gt=0)], ...] | None, Field(description="L_i per worker for EF21-W (None: plain EF21)")] = None
+    seed: Annotated[int | None, Field(ge=0, description="seed of the algorithm's random draws (default: the run's)")] = None
+    name: str = "ef21"
 
     def _w(self, comm) -> torch.Tensor | None:
         if self.weights is None:
@@ -64,7 +67,7 @@ class EF21:
             "g_i": None,
             "g": None,
             "t": 0,
-            "rng": torch.Generator().manual_seed(self.seed * 7919 + comm.start).get_state(),
+            "rng": torch.Generator().manual_seed(seed_of(self) * 7919 + comm.start).get_state(),
         }
 
     def step(self, state, oracle, comm):

@@ -19,39 +19,37 @@ sent as an all-gather of the compressed payloads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+from pydantic import Field
 
-from ..compress.base import Compressor
 from ..compress.feedback import error_feedback
-from .base import check_hyper, sgd_direction
+from .base import ALGORITHMS, CompressorOption, options, seed_of, sgd_direction
 
 
-@dataclass(frozen=True)
+@ALGORITHMS.register(paper="Stich, ICLR 2019; Lin et al., ICLR 2020")
+@options
 class LocalSGD:
-    lr: float
-    local_steps: int = 8
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    nesterov: bool = False
-    average_momentum: bool = False
-    compressor: Compressor | None = None
-    error_feedback: bool = True
-    seed: int = 0
-    name: str = "local_sgd"
+    """Local SGD: H local steps, then one all-reduce of the models (optionally compressed)."""
 
-    def __post_init__(self):
-        check_hyper(self.lr, self.momentum, self.weight_decay)
-        if self.local_steps < 1:
-            raise ValueError(f"local_steps must be >= 1, got {self.local_steps}")
+    lr: Annotated[float, Field(gt=0, description="step size γ")]
+    local_steps: Annotated[int, Field(ge=1, description="H, local steps between averagings")] = 8
+    momentum: Annotated[float, Field(ge=0, lt=1, description="heavy-ball momentum μ (torch.optim.SGD form)")] = 0.0
+    weight_decay: Annotated[float, Field(ge=0, description="L2 weight decay λ")] = 0.0
+    nesterov: Annotated[bool, Field(description="Nesterov momentum")] = False
+    average_momentum: Annotated[bool, Field(description="average the momentum buffers too")] = False
+    compressor: Annotated[CompressorOption | None, Field(description="compress the model changes (None: exact average)")] = None
+    error_feedback: Annotated[bool, Field(description="error feedback for the compressor")] = True
+    seed: Annotated[int | None, Field(ge=0, description="seed of the algorithm's random draws (default: the run's)")] = None
+    name: str = "local_sgd"
 
     def init(self, x0, comm):
         state = {"x": x0.clone(), "momentum": None, "t": 0}
         if self.compressor is not None:
             state["anchor"] = x0[:1].clone()  # x̂: the last average, the same on every worker
             state["error"] = torch.zeros_like(x0) if self.error_feedback else None
-            state["rng"] = torch.Generator().manual_seed(self.seed * 7919 + comm.start).get_state()
+            state["rng"] = torch.Generator().manual_seed(seed_of(self) * 7919 + comm.start).get_state()
         return state
 
     def step(self, state, oracle, comm):

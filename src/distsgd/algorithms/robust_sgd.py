@@ -28,25 +28,42 @@ in the run summary.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
 from functools import cached_property
+from typing import Annotated, ClassVar
 
 import torch
+from pydantic import Field
 
 from ..compress.base import Payload
 from ..errors import UserError
-from ..robust.aggregators import Aggregator, Mean
+from ..robust import make_aggregator, make_attack, pick_byzantine
+from ..robust.aggregators import Aggregator
 from ..robust.attacks import Attack, flip_labels
-from ..topology import Topology
-from .base import check_hyper
+from .base import ALGORITHMS, TopologyOption, options, seed_of
 
 
 def _check_common(algo, n: int) -> None:
-    f = len(algo.byzantine)
-    if f and not all(0 <= i < n for i in algo.byzantine):
-        raise ValueError(f"byzantine worker ids must be in [0, {n}), got {list(algo.byzantine)}")
-    if len(set(algo.byzantine)) != f:
+    ids = algo.byzantine or ()
+    if ids and not all(0 <= i < n for i in ids):
+        raise ValueError(f"byzantine worker ids must be in [0, {n}), got {list(ids)}")
+    if len(set(ids)) != len(ids):
         raise ValueError("byzantine worker ids repeat")
+
+
+def _bind_common(algo, n: int, **rules) -> dict:
+    """The Byzantine ids (drawn when only f is given), the attack and the rules built."""
+    byz = algo.byzantine
+    if byz is None:
+        if algo.f >= n:
+            raise ValueError(f"f = {algo.f} must be < n_workers = {n}")
+        byz = tuple(pick_byzantine(n, algo.f, algo.byzantine_seed))
+    f = len(byz)
+    out = {"byzantine": tuple(byz), "attack": make_attack(algo.attack, seed=seed_of(algo))}
+    for key, spec in rules.items():
+        if spec is not None and not isinstance(spec, Aggregator):
+            out[key] = make_aggregator(spec, f, seed=seed_of(algo))
+    return out
 
 
 def _worker_message(algo, state, oracle, x):
@@ -58,22 +75,28 @@ def _worker_message(algo, state, oracle, x):
     return state["worker_momentum"].mul_(algo.worker_momentum).add_(g, alpha=1 - algo.worker_momentum)
 
 
-@dataclass(frozen=True)
+@ALGORITHMS.register(paper="Blanchard et al. 2017; Karimireddy, He, Jaggi, ICML 2021")
+@options
 class RobustSGD:
-    lr: float
-    aggregator: Aggregator = field(default_factory=Mean)
-    attack: Attack = field(default_factory=Attack)
-    byzantine: tuple[int, ...] = ()
-    worker_momentum: float = 0.0  # β
-    momentum: float = 0.0  # μ, heavy-ball on the aggregate at the server
-    weight_decay: float = 0.0
-    check: bool = True  # refuse an (n, f) outside the aggregator's guarantee
+    """Byzantine-robust SGD: a server aggregates the workers' momenta with a robust rule."""
+
+    buffer_policy: ClassVar[str] = "average"  # every worker holds the same model
+
+    lr: Annotated[float, Field(gt=0, description="step size γ")]
+    aggregator: Annotated[Aggregator | str | dict, Field(description="robust rule: mean, median, trimmed_mean, krum, multikrum, geomed, cclip, bgmd, vote (a table adds options, nnm, bucket)")] = "geomed"
+    momentum: Annotated[float, Field(ge=0, lt=1, description="μ, heavy-ball on the aggregate at the server")] = 0.0
+    attack: Annotated[Attack | str | dict, Field(description="what the Byzantine workers send: none, sign_flip, scaled_flip, gaussian, alie, ipm, label_flip, adaptive (\"alie:1.5\" sets the scale)")] = "none"
+    f: Annotated[int, Field(ge=0, description="number of Byzantine workers, drawn with byzantine_seed (ignored when byzantine is given)")] = 0
+    byzantine: Annotated[tuple[int, ...] | None, Field(description="the Byzantine worker ids (default: f drawn at random)")] = None
+    byzantine_seed: Annotated[int, Field(ge=0, description="seed of the draw of the Byzantine workers")] = 0
+    worker_momentum: Annotated[float, Field(ge=0, lt=1, description="β of the workers' momentum (Karimireddy et al. 2021)")] = 0.9
+    weight_decay: Annotated[float, Field(ge=0, description="L2 weight decay λ")] = 0.0
+    check: Annotated[bool, Field(description="refuse an (n, f) outside the rule's guarantee")] = True
+    seed: Annotated[int | None, Field(ge=0, description="seed of the attack and of randomized rules (default: the run's)")] = None
     name: str = "robust_sgd"
 
-    def __post_init__(self):
-        check_hyper(self.lr, self.momentum, self.weight_decay)
-        if not 0 <= self.worker_momentum < 1:
-            raise ValueError(f"worker_momentum must be in [0, 1), got {self.worker_momentum}")
+    def bind(self, n: int):
+        return dataclasses.replace(self, **_bind_common(self, n, aggregator=self.aggregator))
 
     def prepare_task(self, task):
         """Label flipping acts on the Byzantine workers' data, not on their messages."""
@@ -119,28 +142,31 @@ class RobustSGD:
         }
 
 
-@dataclass(frozen=True)
+@ALGORITHMS.register(paper="He, Karimireddy, Jaggi, ClippedGossip, 2022")
+@options
 class RobustGossip:
-    lr: float
-    topology: Topology
-    rule: str | Aggregator = "clipped"  # "clipped" (ClippedGossip) or an aggregator per neighbourhood
-    tau: float = 1.0  # clipping radius of "clipped"
-    attack: Attack = field(default_factory=Attack)
-    byzantine: tuple[int, ...] = ()
-    worker_momentum: float = 0.0
-    weight_decay: float = 0.0
-    check: bool = True
+    """Byzantine-robust gossip: ClippedGossip, or a robust rule over each neighbourhood."""
+
+    lr: Annotated[float, Field(gt=0, description="step size γ")]
+    topology: Annotated[TopologyOption, Field(description="gossip graph: a name (ring, torus, exponential, ...), \"random_regular:4\" or a table with mixing")] = "ring"
+    rule: Annotated[Aggregator | str | dict, Field(description="clipped (ClippedGossip) or an aggregator spec applied per neighbourhood")] = "clipped"
+    tau: Annotated[float, Field(gt=0, description="clipping radius τ of ClippedGossip")] = 1.0
+    attack: Annotated[Attack | str | dict, Field(description="what the Byzantine workers send: none, sign_flip, scaled_flip, gaussian, alie, ipm, label_flip, adaptive (\"alie:1.5\" sets the scale)")] = "none"
+    f: Annotated[int, Field(ge=0, description="number of Byzantine workers, drawn with byzantine_seed (ignored when byzantine is given)")] = 0
+    byzantine: Annotated[tuple[int, ...] | None, Field(description="the Byzantine worker ids (default: f drawn at random)")] = None
+    byzantine_seed: Annotated[int, Field(ge=0, description="seed of the draw of the Byzantine workers")] = 0
+    worker_momentum: Annotated[float, Field(ge=0, lt=1, description="β of the workers' momentum (Karimireddy et al. 2021)")] = 0.9
+    weight_decay: Annotated[float, Field(ge=0, description="L2 weight decay λ")] = 0.0
+    check: Annotated[bool, Field(description="refuse an (n, f) outside the rule's guarantee")] = True
+    seed: Annotated[int | None, Field(ge=0, description="seed of the attack and of randomized rules (default: the run's)")] = None
     name: str = "robust_gossip"
 
+    def bind(self, n: int):
+        rule = None if self.rule == "clipped" else self.rule
+        return dataclasses.replace(self, **_bind_common(self, n, rule=rule))
+
     def __post_init__(self):
-        check_hyper(self.lr, 0.0, self.weight_decay)
-        if not 0 <= self.worker_momentum < 1:
-            raise ValueError(f"worker_momentum must be in [0, 1), got {self.worker_momentum}")
-        if isinstance(self.rule, str) and self.rule != "clipped":
-            raise ValueError(f"rule must be 'clipped' or an aggregator, got {self.rule!r}")
-        if not self.tau > 0:
-            raise ValueError(f"tau must be > 0, got {self.tau}")
-        if self.attack.kind == "adaptive":
+        if isinstance(self.attack, Attack) and self.attack.kind == "adaptive":
             raise ValueError("the adaptive attack targets one server aggregator, not gossip")
 
     def prepare_task(self, task):

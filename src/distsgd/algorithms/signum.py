@@ -18,11 +18,13 @@ the signs (sent back as float32), the comparison of the paper's robustness claim
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Annotated, ClassVar, Literal
 
 import torch
+from pydantic import Field
 
 from ..compress.base import Payload, pack_bits, unpack_bits
+from .base import ALGORITHMS, options
 
 
 def majority_vote(bits_all: torch.Tensor, d: int) -> torch.Tensor:
@@ -32,20 +34,20 @@ def majority_vote(bits_all: torch.Tensor, d: int) -> torch.Tensor:
     return pack_bits((2 * plus >= n).unsqueeze(0))
 
 
-@dataclass(frozen=True)
+@ALGORITHMS.register(paper="Bernstein et al., ICML 2018 and ICLR 2019")
+@ALGORITHMS.register("signum_mv", paper="Bernstein et al., ICLR 2019 (Signum with majority vote)")
+@options
 class Signum:
-    lr: float
-    beta: float = 0.9  # momentum; 0 gives signSGD
-    weight_decay: float = 0.0
-    aggregate: str = "vote"  # "vote": sign of the sum (1 bit back); "mean": mean of the signs (float32 back)
-    byzantine: tuple[int, ...] = ()  # workers that send the negated sign (the ICLR 2019 adversary)
-    name: str = "signum"
+    """Signum / signSGD with majority vote: 1 bit per coordinate each way."""
 
-    def __post_init__(self):
-        if not self.lr > 0 or not 0 <= self.beta < 1 or self.weight_decay < 0:
-            raise ValueError("signum needs lr > 0, 0 <= beta < 1, weight_decay >= 0")
-        if self.aggregate not in ("vote", "mean"):
-            raise ValueError("aggregate must be 'vote' or 'mean'")
+    buffer_policy: ClassVar[str] = "average"  # every worker holds the same model
+
+    lr: Annotated[float, Field(gt=0, description="step size γ")]
+    beta: Annotated[float, Field(ge=0, lt=1, description="momentum β (0: signSGD)")] = 0.9
+    weight_decay: Annotated[float, Field(ge=0, description="L2 weight decay λ")] = 0.0
+    aggregate: Annotated[Literal["vote", "mean"], Field(description="vote: sign of the sum (1 bit back); mean: mean of the signs (float32 back)")] = "vote"
+    byzantine: Annotated[tuple[int, ...], Field(description="workers that send the negated sign (the ICLR 2019 adversary)")] = ()
+    name: str = "signum"
 
     def init(self, x0, comm):
         return {"x": x0.clone(), "momentum": torch.zeros_like(x0), "t": 0}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..registry import Registry
 from .base import Compressor, Payload, pack_bits, unpack_bits
 from .powersgd import PowerSGD
 from .quantize import QSGD, Cast, Identity, Natural, Sign
@@ -9,6 +10,7 @@ from .sparse import RandK, TopK
 
 __all__ = [
     "QSGD",
+    "COMPRESSORS",
     "Cast",
     "Compressor",
     "Identity",
@@ -24,21 +26,21 @@ __all__ = [
 ]
 
 
-def make_compressor(name: str, **kw) -> Compressor:
-    """By name: identity, float16, bfloat16, sign, scaled_sign, topk, randk, qsgd, natural."""
-    table = {
-        "identity": lambda: Identity(),
-        "float16": lambda: Cast("float16"),
-        "bfloat16": lambda: Cast("bfloat16"),
-        "sign": lambda: Sign(),
-        "scaled_sign": lambda: Sign("l1"),
-        "topk": lambda: TopK(kw.get("k"), kw.get("ratio")),
-        "randk": lambda: RandK(kw.get("k"), kw.get("ratio")),
-        "qsgd": lambda: QSGD(kw.get("levels", 15), kw.get("bucket", 512)),
-        "natural": lambda: Natural(),
-    }
-    if name not in table:
-        from ..errors import UserError
+COMPRESSORS = Registry("compressor", base=Compressor)
+COMPRESSORS.register("identity", Identity)
+COMPRESSORS.register("float16", Cast, preset={"dtype": "float16"})
+COMPRESSORS.register("bfloat16", Cast, preset={"dtype": "bfloat16"})
+COMPRESSORS.register("sign", Sign, preset={"scale": None})
+COMPRESSORS.register("scaled_sign", Sign, preset={"scale": "l1"})
+COMPRESSORS.register("topk", TopK, shorthand="ratio")
+COMPRESSORS.register("randk", RandK, shorthand="ratio")
+COMPRESSORS.register("qsgd", QSGD, shorthand="levels")
+COMPRESSORS.register("natural", Natural)
 
-        raise UserError(f"unknown compressor '{name}' (choose from {', '.join(table)}, or PowerSGD in code)")
-    return table[name]()
+
+def make_compressor(spec, **kw) -> Compressor:
+    """A compressor from a spec ("topk:0.01", {name = "qsgd", levels = 7}, an instance) or
+    a name plus options (options left None are not set)."""
+    if isinstance(spec, str) and kw:
+        spec = {"name": spec, **{k: v for k, v in kw.items() if v is not None}}
+    return COMPRESSORS.create(spec)

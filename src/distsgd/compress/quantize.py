@@ -72,6 +72,7 @@ class QSGD(Compressor):
 
     name = "qsgd"
     unbiased = True
+    option_docs = {"levels": "quantization levels s (1..255)", "bucket": "coordinates per norm"}
 
     def __init__(self, levels: int = 15, bucket: int = 512):
         if not 1 <= levels <= 255 or bucket < 1:

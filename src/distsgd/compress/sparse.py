@@ -27,7 +27,11 @@ def _k_of(d: int, k: int | None, ratio: float | None) -> int:
 
 
 class TopK(Compressor):
+    """Top-K sparsification: the k largest-magnitude coordinates, sent as values plus int32
+    indices or a bitmap (whichever is smaller). Contractive with δ = k/d."""
+
     name = "topk"
+    option_docs = {"k": "coordinates kept (overrides ratio)", "ratio": "fraction of coordinates kept (0.01 if neither is set)"}
 
     def __init__(self, k: int | None = None, ratio: float | None = None):
         if k is not None and k < 1 or ratio is not None and not 0 < ratio <= 1:
@@ -66,7 +70,15 @@ def sample_indices(d: int, k: int, seed: int) -> torch.Tensor:
 
 
 class RandK(Compressor):
+    """Rand-K sparsification: k uniformly random coordinates, sent as values plus one seed;
+    scaled by d/k it is unbiased with ω = d/k − 1."""
+
     name = "randk"
+    option_docs = {
+        "k": "coordinates kept (overrides ratio)",
+        "ratio": "fraction of coordinates kept (0.01 if neither is set)",
+        "scaled": "multiply by d/k (unbiased)",
+    }
     unbiased = True
 
     def __init__(self, k: int | None = None, ratio: float | None = None, scaled: bool = True):

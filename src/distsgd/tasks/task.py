@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import TensorDataset, default_collate
 
 from ..errors import UserError
 from . import datasets as ds
@@ -23,54 +25,110 @@ def loss_for(kind: str):
     return lambda out, y: 0.5 * (out.squeeze(-1) - y).pow(2).mean()
 
 
+class Samples:
+    """Training or test samples: two tensors (the fast path: one indexing per batch) or any
+    map-style `torch.utils.data.Dataset` whose items are (input, target) pairs, batched with
+    torch's `default_collate`. A `TensorDataset` of two tensors takes the fast path."""
+
+    def __init__(self, data):
+        self.x = self.y = None
+        self.source = data
+        if isinstance(data, TensorDataset) and len(data.tensors) == 2:
+            self.x, self.y = data.tensors
+        elif isinstance(data, tuple | list) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+            self.x, self.y = data
+        elif not (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
+            raise UserError(
+                f"expected a map-style torch Dataset (with __getitem__ and __len__) or (inputs, targets) "
+                f"tensors, got {type(data).__name__}"
+            )
+        if self.x is not None and len(self.x) != len(self.y):
+            raise UserError(f"inputs and targets differ in length: {len(self.x)} and {len(self.y)}")
+        if len(self) == 0:
+            raise UserError("the dataset is empty")
+
+    def __len__(self) -> int:
+        return len(self.y) if self.y is not None else len(self.source)
+
+    @property
+    def fast(self) -> bool:
+        return self.x is not None
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets of the samples `idx` (any shape S): [*S, ...] each."""
+        if self.fast:
+            return self.x[idx], self.y[idx]
+        items = [self.source[i] for i in idx.reshape(-1).tolist()]
+        try:
+            xb, yb = default_collate(items)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise UserError(f"dataset items must be (input, target) pairs of tensors or numbers: {e}") from None
+        yb = torch.as_tensor(yb)
+        return xb.reshape(*idx.shape, *xb.shape[1:]), yb.reshape(*idx.shape, *yb.shape[1:])
+
+    def labels(self) -> torch.Tensor | None:
+        """All targets (for partitioning and checks): the tensor, a dataset's `targets`, or
+        None when only iterating the dataset would tell."""
+        if self.y is not None:
+            return self.y
+        t = getattr(self.source, "targets", None)
+        return torch.as_tensor(t) if t is not None else None
+
+
 @dataclass
 class Task:
     """What the workers train on. `shards[i]` indexes worker i's training samples."""
 
-    dataset: ds.Dataset
+    train: Samples
+    test: Samples | None
     shards: list[torch.Tensor]
-    model: nn.Module  # the architecture and the common initial parameters x₀
+    model: nn.Module  # the architecture and the common initial parameters x₀ (and buffers)
     batch_size: int
     description: dict
+    loss: Callable  # loss(outputs, targets) -> mean loss of the batch
+    kind: str  # "multiclass" | "binary" | "regression" | "other" (no accuracy)
+    num_classes: int = 1
     label_flip: tuple[int, ...] = ()  # workers whose training labels are flipped (an attack)
+    dataset: ds.Dataset | None = None  # the built-in dataset, when the task is one of ours
+    eval_samples: int = 10_000  # train metrics on at most this many samples (a fixed subset)
 
     def flipped(self, y: torch.Tensor) -> torch.Tensor:
         """The labels a label-flipping worker sees: C − 1 − y, 1 − y (binary) or −y."""
-        if self.dataset.kind == "multiclass":
-            return self.dataset.num_classes - 1 - y
-        return 1 - y if self.dataset.kind == "binary" else -y
+        if self.kind == "multiclass":
+            return self.num_classes - 1 - y
+        if self.kind == "other":
+            raise UserError("label flipping needs class labels or regression targets")
+        return 1 - y if self.kind == "binary" else -y
 
     @property
     def n(self) -> int:
         return len(self.shards)
 
-    @property
-    def loss(self):
-        return loss_for(self.dataset.kind)
-
     @torch.no_grad()
     def evaluate(self, outputs_fn, split: str = "test", chunk: int = 4096) -> dict:
         """Loss (and accuracy for classification) of `outputs_fn(x_batch)` on a split."""
-        x, y = (
-            (self.dataset.x_test, self.dataset.y_test)
-            if split == "test"
-            else (
-                self.dataset.x,
-                self.dataset.y,
-            )
-        )
+        data = self.test if split == "test" else self.train
+        if data is None:
+            return {}
+        count = min(len(data), self.eval_samples) if split == "train" else len(data)
+        if not data.fast:
+            chunk = min(chunk, 256)
+        if count == len(data):
+            order = torch.arange(count)
+        else:  # a fixed random subset, the same at every evaluation
+            order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:count].sort().values
         total, correct = 0.0, 0
-        for lo in range(0, len(y), chunk):
-            out = outputs_fn(x[lo : lo + chunk])
-            yb = y[lo : lo + chunk]
+        for lo in range(0, count, chunk):
+            xb, yb = data.batch(order[lo : lo + chunk])
+            out = outputs_fn(xb)
             total += float(self.loss(out, yb)) * len(yb)
-            if self.dataset.kind == "multiclass":
+            if self.kind == "multiclass":
                 correct += int((out.argmax(-1) == yb).sum())
-            elif self.dataset.kind == "binary":
+            elif self.kind == "binary":
                 correct += int(((out.squeeze(-1) > 0).float() == yb).sum())
-        res = {f"{split}_loss": total / len(y)}
-        if self.dataset.kind != "regression":
-            res[f"{split}_acc"] = correct / len(y)
+        res = {f"{split}_loss": total / count}
+        if self.kind in ("multiclass", "binary"):
+            res[f"{split}_acc"] = correct / count
         return res
 
 
@@ -147,4 +205,15 @@ def make_task(
         "test_samples": len(data.y_test),
         "parameters": sum(p.numel() for p in net.parameters()),
     }
-    return Task(data, shards, net, batch_size, desc)
+    return Task(
+        Samples((data.x, data.y)),
+        Samples((data.x_test, data.y_test)),
+        shards,
+        net,
+        batch_size,
+        desc,
+        loss_for(data.kind),
+        data.kind,
+        data.num_classes,
+        dataset=data,
+    )
