@@ -96,6 +96,7 @@ def build_algorithm(spec):
 
 
 class RunConfig(_Strict):
+    source_dir: str | None = Field(None, exclude=True)  # the config file's folder (user imports)
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.\-]+$")
     seed: int = Field(0, ge=0)
     n_workers: int = Field(16, ge=1, le=4096)
@@ -167,13 +168,17 @@ def load_config(path: str | Path) -> RunConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{p}: invalid TOML: {e}") from None
-    return parse_config(data, str(p))
+    if isinstance(data, dict) and "source_dir" in data:
+        raise UserError(f"{p}: source_dir: unknown key")
+    return parse_config({**data, "source_dir": str(p.resolve().parent)}, str(p))
 
 
 def build_task(cfg: RunConfig):
     t = cfg.task
     if t.train is not None:
-        from .tasks.user import resolve, user_task
+        from .tasks.user import resolve, resolve_loss, user_task
+
+        search = (cfg.source_dir,) if cfg.source_dir else ()
 
         partition = t.partition or "iid"
         if partition == "dirichlet":
@@ -181,10 +186,10 @@ def build_task(cfg: RunConfig):
         elif partition == "labels":
             partition = f"labels:{t.labels_per_worker}"
         return user_task(
-            resolve(t.model, "task.model"),
-            resolve(t.train, "task.train"),
-            resolve(t.test, "task.test") if t.test is not None else None,
-            loss=t.loss,
+            resolve(t.model, "task.model", search=search),
+            resolve(t.train, "task.train", search=search),
+            resolve(t.test, "task.test", search=search) if t.test is not None else None,
+            loss=resolve_loss(t.loss, search),
             n_workers=cfg.n_workers,
             batch_size=t.batch_size,
             partition=partition,

@@ -104,6 +104,54 @@ def _worker_seed(seed: int, worker: int) -> int:
     return (seed * 1_000_003 + worker * 7_919 + 17) % (2**63 - 1)
 
 
+def refill_epochs(size: int, batch_size: int) -> int:
+    """Local epochs drawn at a time: REFILL_BATCHES batches' worth, so the per-worker Python
+    work happens once every few epochs rather than every epoch."""
+    per_epoch = size // batch_size
+    return (REFILL_BATCHES + per_epoch - 1) // per_epoch
+
+
+def draw_permutations(shard: torch.Tensor, epochs: int, generator: torch.Generator) -> torch.Tensor:
+    """`epochs` fresh permutations of a worker's shard [epochs, len(shard)]: its next local epochs."""
+    keys = torch.rand(epochs, len(shard), generator=generator)
+    return shard[keys.argsort(dim=1)]
+
+
+class WorkerBatchSampler(torch.utils.data.Sampler):
+    """The batches worker `worker` draws in the simulation, for a DataLoader under torchrun:
+
+        loader = DataLoader(train_set, batch_sampler=WorkerBatchSampler(shards[rank], 32, seed=0, worker=rank))
+
+    Random reshuffling of its shard every local epoch (the remainder dropped), from the same
+    (seed, worker) generator as `Workers`, so a drop-in run sees the simulated worker's exact
+    batches. Endless unless `steps` is given."""
+
+    def __init__(self, shard, batch_size: int, *, seed: int = 0, worker: int = 0, steps: int | None = None):
+        self.shard = torch.as_tensor(shard, dtype=torch.long)
+        if batch_size < 1 or len(self.shard) < batch_size:
+            raise ValueError(f"a shard of {len(self.shard)} samples cannot give batches of {batch_size}")
+        self.batch_size, self.seed, self.worker, self.steps = batch_size, seed, worker, steps
+
+    def __len__(self) -> int:
+        if self.steps is None:
+            raise TypeError("an endless WorkerBatchSampler has no length (pass steps=)")
+        return self.steps
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(_worker_seed(self.seed, self.worker))
+        b, per_epoch = self.batch_size, len(self.shard) // self.batch_size
+        epochs = refill_epochs(len(self.shard), b)
+        done = 0
+        while self.steps is None or done < self.steps:
+            perm = draw_permutations(self.shard, epochs, g)
+            for e in range(epochs):
+                for k in range(per_epoch):
+                    if self.steps is not None and done >= self.steps:
+                        return
+                    yield perm[e, k * b : (k + 1) * b].tolist()
+                    done += 1
+
+
 class Workers:
     """The m workers [start, start + m) of a task: batches, gradients and evaluation."""
 
@@ -125,9 +173,7 @@ class Workers:
         b = self.batch_size
         self.sizes = torch.tensor([len(s) for s in self.shards])
         self.per_epoch = self.sizes // b  # batches per local epoch (the remainder is dropped)
-        # permutations are drawn REFILL_BATCHES batches' worth of epochs at a time, so the
-        # per-worker Python work happens once every few epochs rather than every epoch
-        self.epochs = (REFILL_BATCHES + self.per_epoch - 1) // self.per_epoch
+        self.epochs = torch.tensor([refill_epochs(len(s), b) for s in self.shards])
         lengths = self.epochs * self.sizes
         self.base = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)[:-1]])
         self.perm = torch.empty(int(lengths.sum()), dtype=torch.long)
@@ -167,8 +213,7 @@ class Workers:
             empty = torch.zeros_like(empty).index_fill_(0, rows, True) & empty
         for i in torch.nonzero(empty).flatten().tolist():
             size, epochs, lo = int(self.sizes[i]), int(self.epochs[i]), int(self.base[i])
-            keys = torch.rand(epochs, size, generator=self.generators[i])
-            self.perm[lo : lo + epochs * size] = self.shards[i][keys.argsort(dim=1)].reshape(-1)
+            self.perm[lo : lo + epochs * size] = draw_permutations(self.shards[i], epochs, self.generators[i]).reshape(-1)
             self.taken[i] = 0
         if rows is None:
             epoch, k = self.taken // self.per_epoch, self.taken % self.per_epoch

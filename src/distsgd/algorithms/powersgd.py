@@ -22,7 +22,8 @@ momentum and the errors live in the state (so they are checkpointed).
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+import math
+from typing import Annotated, ClassVar, NamedTuple
 
 import torch
 from pydantic import Field
@@ -30,24 +31,37 @@ from pydantic import Field
 from .base import ALGORITHMS, options, seed_of, sgd_direction
 
 
-def _layout(shapes, rank: int, d: int):
-    """(matrices, dense): matrices as (offset, numel, rows, cols, r); dense as (offset, numel)."""
+class Matrix(NamedTuple):
+    off: int  # offset in the flat vector
+    numel: int
+    rows: int
+    cols: int
+    r: int  # rank used for it: min(rank, rows, cols)
+
+
+def _layout(shapes, rank: int, d: int) -> tuple[list[Matrix], list[tuple[int, int]]]:
+    """(matrices, dense): the layers compressed as rank-r matrices, and the (offset, numel)
+    of those sent uncompressed (vectors, and matrices where (rows + cols)·r ≥ rows·cols)."""
     matrices, dense, off = [], [], 0
     for shape in shapes:
-        numel = 1
-        for s in shape:
-            numel *= s
+        numel = math.prod(shape)
         rows = shape[0] if len(shape) >= 2 else 1
         cols = numel // max(rows, 1)
         r = min(rank, rows, cols)
         if len(shape) >= 2 and (rows + cols) * r < rows * cols:
-            matrices.append((off, numel, rows, cols, r))
+            matrices.append(Matrix(off, numel, rows, cols, r))
         else:
             dense.append((off, numel))
         off += numel
     if off != d:
         raise ValueError(f"PowerSGD: the layer shapes cover {off} parameters, the model has {d}")
     return matrices, dense
+
+
+def _random_q(matrices: list[Matrix], seed: int) -> torch.Tensor:
+    """Every matrix's Q [cols, r] ~ N(0, 1), flattened into one row [1, Σ cols·r]."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([torch.zeros(0)] + [torch.randn(a.cols * a.r, generator=g) for a in matrices]).unsqueeze(0)
 
 
 @ALGORITHMS.register(paper="Vogels, Karimireddy, Jaggi, NeurIPS 2019")
@@ -77,14 +91,11 @@ class PowerSGD:
 
     def init(self, x0, comm):
         matrices, _ = self._layers(x0.shape[1])
-        g = torch.Generator().manual_seed(seed_of(self))  # the same Q on every worker
-        qs = [torch.randn(cols * r, generator=g) for (_, _, _, cols, r) in matrices]
-        q = torch.cat(qs).unsqueeze(0) if qs else x0.new_zeros(1, 0)
         return {
             "x": x0.clone(),
             "momentum": None,
             "error": torch.zeros_like(x0) if self.error_feedback else None,
-            "q": q.to(x0.device),
+            "q": _random_q(matrices, seed_of(self)).to(x0.device),  # the same Q on every worker
             "t": 0,
         }
 
@@ -101,49 +112,40 @@ class PowerSGD:
         return {"x": x.sub_(direction, alpha=self.lr), "momentum": buf, "error": error, "q": q, "t": t + 1}
 
     def _compress_all_reduce(self, grad, state, comm):
+        """Δ' of Algorithm 1 [1, d], the new errors e_i [m, d] and the new Q."""
         m, d = grad.shape
         matrices, dense = self._layers(d)
         delta = grad + state["error"] if state["error"] is not None else grad
-        q_all = state["q"] if self.warm_start else self._fresh_q(state, matrices)
-        # P_i = M_i Q for every matrix, and the uncompressed layers, in one all-reduce
-        ps, qs, pos = [], [], 0
-        for off, numel, rows, cols, r in matrices:
-            mat = delta[:, off : off + numel].view(m, rows, cols)
-            q = q_all[:, pos : pos + cols * r].view(1, cols, r)
-            pos += cols * r
-            ps.append((mat @ q).reshape(m, -1))
-        first = torch.cat(ps + [delta[:, off : off + numel] for off, numel in dense], dim=1)
-        first = comm.all_reduce_mean(first)[:1]
+        if self.warm_start:
+            q_all = state["q"]
+        else:
+            q_all = _random_q(matrices, seed_of(self) * 1_000_003 + state["t"]).to(grad.device)
+
+        def mat(a: Matrix) -> torch.Tensor:  # worker i's M_i [m, rows, cols]
+            return delta[:, a.off : a.off + a.numel].view(m, a.rows, a.cols)
+
+        q_of = torch.tensor([0] + [a.cols * a.r for a in matrices]).cumsum(0).tolist()
+        p_of = torch.tensor([0] + [a.rows * a.r for a in matrices]).cumsum(0).tolist()
+        # one all-reduce: P_i = M_i Q of every matrix, then the uncompressed layers
+        first = [(mat(a) @ q_all[:, q_of[k] : q_of[k + 1]].view(1, a.cols, a.r)).reshape(m, -1) for k, a in enumerate(matrices)]
+        first += [delta[:, off : off + numel] for off, numel in dense]
+        first = comm.all_reduce_mean(torch.cat(first, dim=1))[:1]
         out = torch.empty(1, d, dtype=grad.dtype, device=grad.device)
-        pos = 0
-        p_hats = []
-        for off, numel, rows, cols, r in matrices:
-            p = first[:, pos : pos + rows * r].view(rows, r)
-            pos += rows * r
-            p_hats.append(torch.linalg.qr(p).Q)  # orthogonalize (reduced QR)
+        pos = p_of[-1]
         for off, numel in dense:
             out[:, off : off + numel] = first[:, pos : pos + numel]
             pos += numel
-        # Q_i = M_iᵀ P̂, one all-reduce for all matrices
-        new_q = []
-        for (off, numel, rows, cols, r), p_hat in zip(matrices, p_hats, strict=True):
-            mat = delta[:, off : off + numel].view(m, rows, cols)
-            new_q.append((mat.transpose(1, 2) @ p_hat).reshape(m, -1))
-        if new_q:
-            q_all = comm.all_reduce_mean(torch.cat(new_q, dim=1))[:1].clone()
-        pos = 0
-        for (off, numel, rows, cols, r), p_hat in zip(matrices, p_hats, strict=True):
-            q = q_all[:, pos : pos + cols * r].view(cols, r)
-            pos += cols * r
-            out[:, off : off + numel] = (p_hat @ q.T).reshape(1, -1)
+        # P̂ = orthogonalize(P) (reduced QR); one all-reduce of Q_i = M_iᵀ P̂ for every matrix
+        p_hat = [torch.linalg.qr(first[0, p_of[k] : p_of[k + 1]].view(a.rows, a.r)).Q for k, a in enumerate(matrices)]
+        if matrices:
+            q_i = [(mat(a).transpose(1, 2) @ p_hat[k]).reshape(m, -1) for k, a in enumerate(matrices)]
+            q_all = comm.all_reduce_mean(torch.cat(q_i, dim=1))[:1].clone()
+        for k, a in enumerate(matrices):
+            q = q_all[0, q_of[k] : q_of[k + 1]].view(a.cols, a.r)
+            out[:, a.off : a.off + a.numel] = (p_hat[k] @ q.T).reshape(1, -1)
         error = None
         if state["error"] is not None:
-            error = delta.sub_(out)  # e_i = Δ_i − Δ' (zero on the uncompressed layers)
+            error = delta.sub_(out)  # e_i = Δ_i − Δ'
             for off, numel in dense:
-                error[:, off : off + numel] = 0
+                error[:, off : off + numel] = 0  # sent exactly: no error
         return out, error, q_all
-
-    def _fresh_q(self, state, matrices):
-        g = torch.Generator().manual_seed(seed_of(self) * 1_000_003 + state["t"])
-        qs = [torch.randn(cols * r, generator=g) for (_, _, _, cols, r) in matrices]
-        return torch.cat(qs).unsqueeze(0).to(state["q"].device) if qs else state["q"]

@@ -36,7 +36,6 @@ import torch
 from pydantic import Field
 
 from ..compress.base import Payload
-from ..errors import UserError
 from ..robust import make_aggregator, make_attack, pick_byzantine
 from ..robust.aggregators import Aggregator
 from ..robust.attacks import Attack, flip_labels
@@ -183,6 +182,12 @@ class RobustGossip:
         i, j = torch.nonzero(self.topology.mixing, as_tuple=True)
         return i, j
 
+    def _local_edges(self, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The edges (i, j) whose receiver i is one of this process's workers [lo, hi)."""
+        i, j = self._edges
+        keep = (i >= lo) & (i < hi)
+        return i[keep], j[keep]
+
     def validate(self, n: int) -> None:
         _check_common(self, n)
         if self.topology.n != n:
@@ -196,10 +201,6 @@ class RobustGossip:
 
     def init(self, x0, comm):
         self.validate(comm.n)
-        if not hasattr(comm, "gossip_rows"):
-            raise UserError(
-                "robust gossip keeps every neighbour's row apart: run it on the simulated backend"
-            )
         return {
             "x": x0.clone(),
             "worker_momentum": torch.zeros_like(x0) if self.worker_momentum else None,
@@ -209,22 +210,25 @@ class RobustGossip:
     def step(self, state, oracle, comm):
         x = state["x"]
         half = x - self.lr * _worker_message(self, state, oracle, x)
-        sent = comm.gossip_rows(half, self.topology)
+        honest = comm.gossip_rows(half, self.topology)  # [n, d]: every worker's half-step
+        sent = honest
         if self.byzantine and not self.attack.on_data:
             byz = torch.tensor(self.byzantine)
             sent = sent.clone()
             sent[byz] = self.attack(sent, byz, state["t"])
+        lo = comm.start
         if isinstance(self.rule, str):
-            i, j = self._edges
-            diff = sent[j] - half[i]  # [edges, d]: x_j − x_i, the self-edge gives 0
+            i, j = self._local_edges(lo, lo + comm.m)
+            diff = sent[j] - honest[i]  # [edges, d]: x_j − x_i, the self-edge gives 0
             diff[i == j] = 0  # a Byzantine worker mixes with its own honest half-step
             norm = torch.linalg.vector_norm(diff, dim=1, keepdim=True).clamp(min=1e-12)
             weight = self.topology.mixing[i, j].to(x.dtype).unsqueeze(1) * (self.tau / norm).clamp(max=1)
-            new = half.index_add(0, i, diff * weight)  # Σ_j W_ij = 1
+            new = half.index_add(0, i - lo, diff * weight)  # Σ_j W_ij = 1
         else:
             new = torch.empty_like(half)
-            for node, nb in enumerate(self.neighbourhoods):
+            for node in comm.workers:
+                nb = self.neighbourhoods[node]
                 rows = sent[nb].clone()
-                rows[nb == node] = half[node]  # its own honest half-step, not what it sent
-                new[node] = self.rule.aggregate(rows)
+                rows[nb == node] = honest[node]  # its own honest half-step, not what it sent
+                new[node - lo] = self.rule.aggregate(rows)
         return {"x": new, "worker_momentum": state["worker_momentum"], "t": state["t"] + 1}

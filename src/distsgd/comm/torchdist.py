@@ -71,6 +71,17 @@ class TorchDistCommunicator(CommunicatorBase):
         dist.all_gather(parts, x.contiguous(), group=self.group)
         return torch.cat(parts)
 
+    def gossip_rows(self, x: torch.Tensor, topology: Topology) -> torch.Tensor:
+        """Every worker's row [n, d] on every process, for receivers that aggregate their
+        neighbours' rows robustly (and omniscient attacks that read them all). Counted as
+        gossip traffic, what the algorithm sends; the wire carries an all-gather."""
+        if topology.n != self.n:
+            raise ValueError(f"topology has {topology.n} nodes, communicator {self.n} workers")
+        self._record_gossip(payload_bytes(x), topology)
+        parts = [torch.empty_like(x) for _ in range(self.world)]
+        dist.all_gather(parts, x.contiguous(), group=self.group)
+        return torch.cat(parts)
+
     def _plan(self, topology: Topology) -> _GossipPlan:
         hit = self._plans.get(id(topology))
         if hit is None or hit[0] is not topology:

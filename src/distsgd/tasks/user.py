@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import copy
 import importlib
+import os
+import sys
 from collections.abc import Callable
 
 import torch
@@ -34,11 +36,15 @@ LOSSES = {
 }
 
 
-def import_path(path: str, what: str):
-    """The object at "package.module:attribute" (a dotted attribute path is allowed)."""
+def import_path(path: str, what: str, search: tuple[str, ...] = ()):
+    """The object at "package.module:attribute" (a dotted attribute path is allowed), looked
+    up on sys.path plus the current directory and `search` (e.g. the config file's folder)."""
     if not isinstance(path, str) or ":" not in path:
         raise UserError(f"{what}: expected an import path 'package.module:name', got {path!r}")
     module_name, _, attr = path.partition(":")
+    for folder in (os.getcwd(), *search):
+        if folder not in sys.path:
+            sys.path.append(folder)
     try:
         obj = importlib.import_module(module_name)
     except ImportError as e:
@@ -52,10 +58,10 @@ def import_path(path: str, what: str):
     return obj
 
 
-def resolve(obj, what: str, *, call: bool = True):
+def resolve(obj, what: str, *, call: bool = True, search: tuple[str, ...] = ()):
     """An import path is imported; a callable (factory) is called with no arguments."""
     if isinstance(obj, str):
-        obj = import_path(obj, what)
+        obj = import_path(obj, what, search)
     if call and callable(obj) and not isinstance(obj, nn.Module | torch.utils.data.Dataset):
         try:
             obj = obj()
@@ -64,13 +70,13 @@ def resolve(obj, what: str, *, call: bool = True):
     return obj
 
 
-def resolve_loss(loss) -> Callable:
+def resolve_loss(loss, search: tuple[str, ...] = ()) -> Callable:
     if isinstance(loss, str) and loss in LOSSES:
         return LOSSES[loss]
     if isinstance(loss, str):
         if ":" not in loss:
             raise UserError(f"loss: unknown loss {loss!r} (choose from {', '.join(LOSSES)} or 'package.module:name')")
-        loss = import_path(loss, "loss")
+        loss = import_path(loss, "loss", search)
     if not callable(loss):
         raise UserError(f"loss: expected a callable loss(outputs, targets), got {type(loss).__name__}")
     return loss
@@ -188,3 +194,11 @@ def user_task(
         "buffers": sum(b.numel() for b in model.buffers()),
     }
     return Task(train_s, test_s, shards, model, batch_size, desc, loss, kind, classes)
+
+
+def partition(dataset, n_workers: int, scheme="iid", *, seed: int = 0, batch_size: int = 1) -> list[torch.Tensor]:
+    """The index shards `distsgd.simulate(..., partition=scheme, seed=seed)` gives its workers,
+    for a torchrun script's DataLoader (with `distsgd.WorkerBatchSampler`): "iid",
+    "dirichlet:α" or "labels:k"; `batch_size` is the least samples a worker gets (Dirichlet)."""
+    data = Samples(dataset)
+    return make_shards(scheme, data.labels(), len(data), n_workers, batch_size, seed)

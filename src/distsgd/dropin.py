@@ -1,0 +1,256 @@
+"""A drop-in for an ordinary torchrun training loop: any registered algorithm, one rank per worker.
+
+    model = MyNet().to(device)
+    opt = distsgd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model,
+                                       algorithm="signum_mv")
+    for x, y in loader:
+        opt.zero_grad(); F.cross_entropy(model(x), y).backward(); opt.step()
+
+The wrapper runs the same `Algorithm.step` as the simulation, over the same
+torch.distributed communicator (m = 1 worker per rank), with the rank's gradient as the
+oracle. How it maps onto the user's objects:
+
+- Parameters: the trainable parameters (requires_grad) become views into one flat float32
+  vector x [1, d] and their `.grad` views into one flat gradient, so the algorithm updates
+  the model in place and reads the gradient without a copy. Frozen parameters are left
+  alone (not sent, not updated), and a parameter that got no gradient in this step
+  (unused in the forward) counts as a zero gradient, as DDP with find_unused_parameters.
+- The wrapped optimizer is the source of the hyper-parameters: its lr (followed at every
+  step, so the user's LR scheduler on it keeps working), momentum, weight_decay and nesterov
+  fill the algorithm's options of the same names that the spec leaves unset. The update
+  itself is the algorithm's; the wrapped optimizer's `step` is never called.
+- Buffers (BatchNorm statistics): "average" all-reduces them after every step, "local"
+  leaves each rank its own; the default is the algorithm's (as in `distsgd.simulate`).
+- `state_dict()` / `load_state_dict()` carry all algorithm state (error-feedback memory,
+  PowerSGD's Q, gossip copies, momentum buffers, random generators), so a checkpoint of
+  the model plus this resumes bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .algorithms import ALGORITHMS, bind
+from .api import make_algorithm
+from .comm.network import NetworkModel
+from .errors import UserError
+from .runner import buffer_policy
+from .workers import Flat
+
+FROM_OPTIMIZER = ("lr", "momentum", "weight_decay", "nesterov")
+
+
+def _fill_from_optimizer(spec, optimizer) -> dict | object:
+    """A str/dict spec with the optimizer's hyper-parameters for the options it leaves unset."""
+    if not isinstance(spec, str | dict):
+        return spec
+    table = {"name": spec} if isinstance(spec, str) else dict(spec)
+    if ":" in str(table.get("name", "")):
+        raise UserError(f"algorithm: {table['name']!r}: give options as a table, not 'name:value'")
+    if optimizer is None:
+        return table
+    try:
+        names = set(ALGORITHMS.entry(str(table.get("name"))).option_names())
+    except ValueError as e:
+        raise UserError(f"algorithm: {e}") from None
+    group = optimizer.param_groups[0]
+    for key in FROM_OPTIMIZER:
+        if key in names and key not in table and key in group:
+            table[key] = group[key]
+    return table
+
+
+class DistributedOptimizer:
+    """Wraps the user's optimizer and model; `step()` runs one step of `algorithm` across ranks."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer | None,
+        model: nn.Module,
+        algorithm="allreduce_sgd",
+        *,
+        seed: int = 0,
+        buffers: str | None = None,
+        network: NetworkModel | None = None,
+        group=None,
+    ):
+        if not dist.is_available() or not dist.is_initialized():
+            raise UserError(
+                "DistributedOptimizer needs torch.distributed initialized: launch with torchrun and call "
+                "torch.distributed.init_process_group first"
+            )
+        if not isinstance(model, nn.Module):
+            raise UserError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        if optimizer is not None:
+            if not isinstance(optimizer, torch.optim.SGD):
+                raise UserError(
+                    f"DistributedOptimizer applies the algorithm's own update; wrap torch.optim.SGD "
+                    f"(its lr, momentum, weight_decay and nesterov are used), not {type(optimizer).__name__}"
+                )
+            if len(optimizer.param_groups) != 1:
+                raise UserError("DistributedOptimizer supports one parameter group (one lr for the whole model)")
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise UserError(f"the model {type(model).__name__} has no trainable parameters")
+        devices = {p.device for p in params}
+        if len(devices) > 1:
+            raise UserError(f"the model's parameters are on several devices {sorted(map(str, devices))}")
+        if any(p.dtype != torch.float32 for p in params):
+            raise UserError("DistributedOptimizer trains float32 parameters (use autocast for lower precision)")
+        from .comm.torchdist import TorchDistCommunicator
+
+        self.optimizer = optimizer
+        self.model = model
+        self.comm = TorchDistCommunicator(dist.get_world_size(group), network, group)
+        self.flat = Flat.from_module(model)
+        device = devices.pop()
+        # the model's parameters and gradients become views of two flat vectors
+        self.x = self.flat.flatten(model).unsqueeze(0).to(device)
+        self.grad = torch.zeros_like(self.x)
+        self._params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, view in self.flat.unflatten(self.x[0]).items():
+                self._params[name].data = view
+        self._attach_grads()
+        self.algorithm = self._base = bind(
+            make_algorithm(_fill_from_optimizer(algorithm, optimizer)), self.comm.n, seed, self.flat.shapes
+        )
+        if hasattr(self.algorithm, "validate"):
+            try:
+                self.algorithm.validate(self.comm.n)
+            except ValueError as e:
+                raise UserError(f"algorithm: {e}") from None
+        if getattr(self.algorithm, "attack", None) is not None and getattr(self.algorithm.attack, "on_data", False):
+            raise UserError("label flipping acts on the data: flip the labels in the Byzantine ranks' loader")
+        self.policy = buffer_policy(self.algorithm, buffers)
+        self.state = self.algorithm.init(self.x, self.comm)
+        self.state["x"] = self.x
+        self._initial_lr = self._scaled_at = self._optimizer_lr()
+        if self._initial_lr is not None and not self._initial_lr > 0:
+            raise UserError(f"the optimizer's lr must be > 0, got {self._initial_lr}")
+
+    # -- the user's loop ---------------------------------------------------------------------
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero the flat gradient (the parameters' .grad stay views of it)."""
+        self.grad.zero_()
+        self._attach_grads()
+
+    @torch.no_grad()
+    def step(self, closure=None) -> None:
+        loss = closure() if closure is not None else None
+        g = self._gradient()
+        calls = 0
+
+        def oracle(x: torch.Tensor, rows=None) -> torch.Tensor:
+            nonlocal calls
+            calls += 1
+            if calls > 1 or rows is not None:
+                raise UserError(
+                    f"{self.algorithm.name} needs more than one gradient per step: it cannot run as a drop-in"
+                )
+            self.comm.compute()
+            return g.clone()  # the algorithm may keep it (D²'s g_prev); the buffer is reused
+
+        state = self._current().step(self.state, oracle, self.comm)
+        if state["x"] is not self.x:  # the new parameters go into the model's flat storage
+            for k, v in state.items():
+                if v is self.x:  # e.g. D²'s x_prev: keep the old parameters it refers to
+                    state[k] = v.clone()
+            self.x.copy_(state["x"])
+            state["x"] = self.x
+        self.state = state
+        if self.policy == "average":
+            self._average_buffers()
+        return loss
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "algorithm": self._base.name,
+            "world": self.comm.n,
+            "rank": self.comm.rank,
+            "d": self.flat.d,
+            "state": {k: v for k, v in self.state.items() if k != "x"},
+            "comm": self.comm.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "initial_lr": self._initial_lr,
+        }
+
+    def load_state_dict(self, sd: dict) -> None:
+        expect = (self._base.name, self.comm.n, self.comm.rank, self.flat.d)
+        got = (sd.get("algorithm"), sd.get("world"), sd.get("rank"), sd.get("d"))
+        if got != expect:
+            raise UserError(
+                f"this DistributedOptimizer state is for (algorithm, world, rank, parameters) = {got}, "
+                f"not {expect}"
+            )
+        device = self.x.device
+        state = {k: _to(v, device) for k, v in sd["state"].items()}
+        state["x"] = self.x  # the parameters come from the model's own state_dict
+        self.state = state
+        self.comm.load_state_dict(sd["comm"])
+        if self.optimizer is not None and sd.get("optimizer") is not None:
+            self.optimizer.load_state_dict(sd["optimizer"])
+        self._initial_lr = sd.get("initial_lr", self._initial_lr)
+
+    # -- pieces --------------------------------------------------------------------------------
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups if self.optimizer is not None else []
+
+    def _optimizer_lr(self) -> float | None:
+        return self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else None
+
+    def _current(self):
+        """The algorithm with its lr scaled as the wrapped optimizer's lr has moved since the
+        wrapper was made (an LR scheduler on the optimizer): lr · lr_opt(t) / lr_opt(0)."""
+        lr = self._optimizer_lr()
+        if lr is not None and hasattr(self._base, "lr") and lr != self._scaled_at:
+            self._scaled_at = lr
+            factor = lr / self._initial_lr
+            self.algorithm = self._base if factor == 1 else dataclasses.replace(self._base, lr=self._base.lr * factor)
+        return self.algorithm
+
+    def _attach_grads(self) -> None:
+        for name, view in self.flat.unflatten(self.grad[0]).items():
+            p = self._params[name]
+            if p.grad is None or p.grad.data_ptr() != view.data_ptr():
+                p.grad = view
+
+    def _gradient(self) -> torch.Tensor:
+        """This rank's gradient [1, d]: the flat buffer, or gathered when the user replaced
+        the .grad tensors (e.g. model.zero_grad(set_to_none=True)); None counts as zero."""
+        views = self.flat.unflatten(self.grad[0])
+        for name, view in views.items():
+            p = self._params[name]
+            if p.grad is None:
+                view.zero_()
+            elif p.grad.data_ptr() != view.data_ptr():
+                view.copy_(p.grad)
+        self._attach_grads()
+        return self.grad
+
+    def _average_buffers(self) -> None:
+        bufs = [b for b in self.model.buffers() if b.is_floating_point()]
+        if not bufs:
+            return
+        flat = torch.cat([b.reshape(-1).float() for b in bufs]).unsqueeze(0)
+        mean = self.comm.all_reduce_mean(flat)[0]
+        off = 0
+        for b in bufs:
+            b.copy_(mean[off : off + b.numel()].view_as(b))
+            off += b.numel()
+
+
+def _to(v, device):
+    if isinstance(v, torch.Tensor):
+        return v.to(device) if v.dtype != torch.uint8 or v.device.type != "cpu" else v  # generator states stay on CPU
+    if isinstance(v, dict):
+        return {k: _to(x, device) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_to(x, device) for x in v]
+    return v
