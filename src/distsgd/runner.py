@@ -119,6 +119,9 @@ def _describe(algorithm) -> dict:
             v = v.summary()
         elif is_dataclass(v):  # an aggregator, attack or compressor: its type and fields
             v = {"type": type(v).__name__, **_describe(v)}
+        elif hasattr(v, "compress"):  # a compressor: its name and plain options
+            simple = {k: x for k, x in vars(v).items() if isinstance(x, int | float | str | bool | None)}
+            v = {"type": getattr(v, "name", type(v).__name__), **simple}
         out[k] = v
     return out
 
