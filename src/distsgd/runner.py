@@ -200,12 +200,13 @@ class _Loop:
         """Gradients of every local worker at x[m, d]; with `rows` (asynchronous algorithms,
         which keep their own clock), of those workers only, at x[len(rows), d]."""
         g, loss = self.workers.gradients(x, rows)
+        loss = loss.detach().double().cpu()
         if rows is None:
             self.comm.compute()
-            self.loss_sum.add_(loss.detach().double())
+            self.loss_sum.add_(loss)
             self.loss_count.add_(1)
         else:
-            self.loss_sum.index_add_(0, rows, loss.detach().double())
+            self.loss_sum.index_add_(0, rows, loss)
             self.loss_count.index_add_(0, rows, torch.ones(len(rows), dtype=torch.float64))
         return g
 

@@ -29,6 +29,8 @@ class GossipOperator:
                 self.w = w.to_sparse_csr()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.w.device != x.device:  # workers on an accelerator: move W there once
+            self.w = self.w.to(x.device)
         flat = x.reshape(x.shape[0], -1)
         out = self.w @ flat if self.dense else torch.sparse.mm(self.w, flat)
         return out.reshape(x.shape)
