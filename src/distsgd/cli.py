@@ -1,4 +1,4 @@
-"""The `distsgd` command: run, resume, plot, demo. User errors: one line, exit code 2."""
+"""The `distsgd` command: run, resume, plot, demo, algorithms. User errors: one line, exit code 2."""
 
 from __future__ import annotations
 
@@ -101,6 +101,18 @@ def _cmd_collectives(args) -> int:
     return 0
 
 
+def _cmd_algorithms(args) -> int:
+    from .reference import render_markdown, render_text
+
+    if args.markdown:
+        if args.name:
+            raise UserError("--markdown prints the whole reference; leave out NAME")
+        sys.stdout.write(render_markdown())
+    else:
+        sys.stdout.write(render_text(args.name))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="distsgd", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -126,6 +138,13 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_cmd_demo)
+    a = sub.add_parser(
+        "algorithms",
+        help="list the algorithms, compressors, aggregators, attacks and topologies with their options",
+    )
+    a.add_argument("name", nargs="?", help="show this entry only (e.g. choco_sgd, topk, geomed, alie, ring)")
+    a.add_argument("--markdown", action="store_true", help="print the README's configuration reference")
+    a.set_defaults(func=_cmd_algorithms)
     c = sub.add_parser("collectives", help="simulate all-reduce algorithms on an interconnect")
     c.add_argument(
         "--topology",

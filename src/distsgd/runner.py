@@ -263,7 +263,7 @@ class _Loop:
     def resume(self, path: Path | None, out: Path | None, name: str, writer: bool) -> None:
         if path is None or not path.exists():
             raise UserError(f"--resume: no checkpoint in {out}")
-        ck = torch.load(path, weights_only=False)
+        ck = torch.load(path, weights_only=True)
         if ck["n"] != self.task.n or ck["d"] != self.workers.d or ck["algorithm"] != name:
             raise UserError(f"--resume: the checkpoint in {out} is for a different run")
         self.state = ck["state"]
