@@ -27,20 +27,24 @@ class _Strict(BaseModel):
 
 
 class TaskConfig(_Strict):
-    dataset: Literal["mnist1d", "digits", "logistic", "least_squares"] = "mnist1d"
-    model: str = "mlp"  # linear | mlp | cnn1d, or the user's "package.module:name" (a module or a factory)
-    train: str | None = None  # the user's training Dataset (or factory), by import path
-    test: str | None = None  # the user's test Dataset (or factory), by import path
-    loss: str = "cross_entropy"  # for user models: cross_entropy, mse, l1, nll, bce_with_logits or an import path
-    hidden: list[Annotated[int, Field(gt=0)]] = [100, 100]
-    partition: Literal["iid", "dirichlet", "labels", "natural"] | None = None
-    alpha: float = Field(0.5, gt=0)
-    labels_per_worker: int = Field(2, ge=1)
-    batch_size: int = Field(32, ge=1)
-    num_samples: int = Field(5000, ge=100)
-    samples_per_worker: int = Field(200, ge=1)
-    dim: int = Field(20, ge=1)
-    heterogeneity: float = Field(0.0, ge=0)
+    dataset: Literal["mnist1d", "digits", "logistic", "least_squares"] = Field("mnist1d", description="built-in dataset")
+    model: str = Field("mlp", description="linear, mlp, cnn1d, or the user's 'package.module:name' (a module or a factory)")
+    train: str | None = Field(None, description="the user's training Dataset (or a factory), by import path")
+    test: str | None = Field(None, description="the user's test Dataset (or a factory), by import path")
+    loss: str = Field(
+        "cross_entropy", description="user models' loss: cross_entropy, mse, l1, nll, bce_with_logits or an import path"
+    )
+    hidden: list[Annotated[int, Field(gt=0)]] = Field([100, 100], description="hidden widths of the built-in mlp")
+    partition: Literal["iid", "dirichlet", "labels", "natural"] | None = Field(
+        None, description="how samples are split over workers (default: natural for synthetic data, else iid)"
+    )
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration α (smaller: more skewed)")
+    labels_per_worker: int = Field(2, ge=1, description="classes per worker for partition = labels")
+    batch_size: int = Field(32, ge=1, description="mini-batch per worker")
+    num_samples: int = Field(5000, ge=100, description="MNIST-1D samples generated (train + test)")
+    samples_per_worker: int = Field(200, ge=1, description="synthetic data: samples each worker generates")
+    dim: int = Field(20, ge=1, description="synthetic data: features")
+    heterogeneity: float = Field(0.0, ge=0, description="synthetic data: how far workers' optima and inputs differ (ζ)")
 
     @model_validator(mode="after")
     def _user_or_builtin(self):
@@ -55,27 +59,31 @@ class TaskConfig(_Strict):
 
 
 class NetworkConfig(_Strict):
-    latency: float = Field(50e-6, ge=0)
-    bandwidth: float = Field(1.25e9, gt=0)
-    server_bandwidth: float | None = Field(None, gt=0)
-    compute_seconds: float = Field(5e-3, ge=0)
-    speeds: list[Annotated[float, Field(gt=0)]] | None = None
-    speed_range: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = None
-    straggler_prob: float = Field(0.0, ge=0, le=1)
-    straggler_slowdown: float = Field(4.0, ge=1)
-    speed_jitter: float = Field(0.0, ge=0)
-    link_slow_prob: float = Field(0.0, ge=0, le=1)
-    link_slowdown: float = Field(4.0, ge=1)
-    interconnect: str | None = None  # e.g. "torus:4x4": all-reduce time from the packet simulator
-    allreduce: Literal["ring", "hd", "dbtree", "ring2d", "hierarchical", "multitree"] = "ring"
-    nis: int = Field(1, ge=1)
+    latency: float = Field(50e-6, ge=0, description="α, seconds per message")
+    bandwidth: float = Field(1.25e9, gt=0, description="β, bytes/s per worker interface")
+    server_bandwidth: float | None = Field(None, gt=0, description="bytes/s of the parameter server's interface (default: bandwidth)")
+    compute_seconds: float = Field(5e-3, ge=0, description="seconds per gradient on a speed-1 worker")
+    speeds: list[Annotated[float, Field(gt=0)]] | None = Field(None, description="relative speed per worker")
+    speed_range: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = Field(
+        None, description="draw speeds log-uniformly in [lo, hi]"
+    )
+    straggler_prob: float = Field(0.0, ge=0, le=1, description="probability a worker straggles at a gradient")
+    straggler_slowdown: float = Field(4.0, ge=1, description="a straggling gradient takes this many times longer")
+    speed_jitter: float = Field(0.0, ge=0, description="σ: each gradient's time × exp(σ·Z)")
+    link_slow_prob: float = Field(0.0, ge=0, le=1, description="probability a pairwise exchange is slow")
+    link_slowdown: float = Field(4.0, ge=1, description="a slow exchange takes this many times longer")
+    interconnect: str | None = Field(None, description="e.g. \"torus:4x4\": all-reduce time from the packet simulator")
+    allreduce: Literal["ring", "hd", "dbtree", "ring2d", "hierarchical", "multitree"] = Field(
+        "ring", description="all-reduce algorithm simulated on the interconnect"
+    )
+    nis: int = Field(1, ge=1, description="network interfaces per node of the interconnect")
 
 
 class LRScheduleConfig(_Strict):
-    kind: Literal["constant", "cosine", "step"] = "constant"
-    warmup: int = Field(0, ge=0)
-    milestones: list[Annotated[float, Field(gt=0, lt=1)]] = [0.5, 0.75]
-    gamma: float = Field(0.1, gt=0, le=1)
+    kind: Literal["constant", "cosine", "step"] = Field("constant", description="factor on the algorithm's lr over the run")
+    warmup: int = Field(0, ge=0, description="steps of linear warmup")
+    milestones: list[Annotated[float, Field(gt=0, lt=1)]] = Field([0.5, 0.75], description="step: fractions of the run")
+    gamma: float = Field(0.1, gt=0, le=1, description="step: factor at each milestone")
 
     def build(self):
         from .lr_schedule import LRSchedule
@@ -97,15 +105,17 @@ def build_algorithm(spec):
 
 class RunConfig(_Strict):
     source_dir: str | None = Field(None, exclude=True)  # the config file's folder (user imports)
-    name: str = Field("run", pattern=r"^[A-Za-z0-9_.\-]+$")
-    seed: int = Field(0, ge=0)
-    n_workers: int = Field(16, ge=1, le=4096)
-    steps: int = Field(500, ge=1)
-    eval_every: int | None = Field(None, ge=1)
-    checkpoint_every: int | None = Field(None, ge=1)
-    out_dir: str = "runs"
-    compile: bool = False  # torch.compile the per-worker gradients (long runs)
-    buffers: Literal["average", "local"] | None = None  # model buffers: the algorithm's default if unset
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_.\-]+$", description="run name: the folder under out_dir")
+    seed: int = Field(0, ge=0, description="seed of every random draw (data, model, sampling, algorithm)")
+    n_workers: int = Field(16, ge=1, le=4096, description="number of workers n")
+    steps: int = Field(500, ge=1, description="steps; one step is one stochastic gradient per worker")
+    eval_every: int | None = Field(None, ge=1, description="steps between metric rows (default steps/20)")
+    checkpoint_every: int | None = Field(None, ge=1, description="steps between checkpoints (none if unset)")
+    out_dir: str = Field("runs", description="folder of the run folders")
+    compile: bool = Field(False, description="torch.compile the per-worker gradients (long runs)")
+    buffers: Literal["average", "local"] | None = Field(
+        None, description="model buffers (BatchNorm): averaged every step or kept per worker; the algorithm's default if unset"
+    )
     task: TaskConfig = TaskConfig()
     algorithm: dict
     network: NetworkConfig = NetworkConfig()

@@ -165,6 +165,8 @@ class DistributedOptimizer:
         self.state = state
         if self.policy == "average":
             self._average_buffers()
+        if self.optimizer is not None:  # a scheduler on it checks that a step happened first
+            self.optimizer._opt_called = True
         return loss
 
     # -- checkpoints -------------------------------------------------------------------------
