@@ -232,7 +232,7 @@ class _Loop:
             f = workers.outputs(xbar, buffers)
             row.update(task.evaluate(f, "train"))
             row.update(task.evaluate(f, "test"))
-            if consensus > 1e-12:  # decentralized: a worker's own model too, not only the average
+            if consensus > 1e-12 * max(1.0, float(xbar.double().pow(2).sum())):  # models differ (not rounding)
                 own = task.evaluate(workers.outputs(x[0]), "test")
                 row.update({f"worker0_{k}": v for k, v in own.items()})
         row["consensus_distance"] = consensus

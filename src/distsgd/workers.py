@@ -91,7 +91,7 @@ def not_vmappable(model: nn.Module, err: Exception, sample: torch.Tensor) -> Exc
         for h in hooks:
             h.remove()
     where = f" in submodule {running[-1]!r} ({type(model.get_submodule(running[-1])).__name__})" if running and running[-1] else ""
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    first = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
     return UserError(
         f"the model {type(model).__name__} cannot run in the stacked simulation (torch.func.vmap){where}: "
         f"{first}. Data-dependent control flow (if/loops on tensor values), .item() and in-place "
@@ -181,6 +181,8 @@ class Workers:
         self.taken = self.capacity.clone()  # all used up: the first draw fills every buffer
         self._arange = torch.arange(self.batch_size)
         loss = task.loss
+        # labels not known up front (a Dataset without .targets): check each batch as drawn
+        self._classes = task.num_classes if task.kind == "multiclass" and task.train.labels() is None else None
         trainable = set(self.flat.names)
         self.frozen = {n: p.detach() for n, p in self.model.named_parameters() if n not in trainable}
         # buffers (BatchNorm statistics) per worker [m, ...]: updated in place by the forward
@@ -234,6 +236,10 @@ class Workers:
         Each worker's buffers (BatchNorm statistics) advance with its own batch."""
         idx = self.next_batch(rows)
         xb, y = self.task.train.batch(idx)
+        if self._classes is not None:
+            from .tasks.user import check_labels
+
+            check_labels(y.reshape(-1), self._classes, "training")
         if self._flip is not None:
             flip = self._flip if rows is None else torch.nonzero(torch.isin(rows, self._flip)).flatten()
             y[flip] = self.task.flipped(y[flip])

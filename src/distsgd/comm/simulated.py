@@ -107,4 +107,5 @@ class SimulatedCommunicator(CommunicatorBase):
 
     def consensus_distance(self, x: torch.Tensor) -> float:
         """mean_i ‖x_i − x̄‖² (no traffic: a metric, not a message)."""
+        x = x.double()  # identical rows give exactly 0 (n·v/n is exact in float64)
         return float((x - x.mean(0)).pow(2).sum(1).mean())

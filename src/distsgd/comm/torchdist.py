@@ -177,6 +177,7 @@ class TorchDistCommunicator(CommunicatorBase):
         return self._sum(x) / self.n
 
     def consensus_distance(self, x: torch.Tensor) -> float:
+        x = x.double()  # identical rows give exactly 0 (n·v/n is exact in float64)
         xbar = self.average(x)
         s = (x - xbar).pow(2).sum(1).sum().reshape(1)
         dist.all_reduce(s, group=self.group)

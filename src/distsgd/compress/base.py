@@ -41,6 +41,15 @@ class Compressor:
     name = "compressor"
     unbiased = False
 
+    def _key(self) -> tuple:
+        return (type(self).__name__, tuple(sorted((k, repr(v)) for k, v in vars(self).items())))
+
+    def __eq__(self, other) -> bool:  # same kind, same options
+        return isinstance(other, Compressor) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
     def compress(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Payload:
         raise NotImplementedError
 

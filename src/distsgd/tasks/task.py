@@ -120,6 +120,10 @@ class Task:
         total, correct = 0.0, 0
         for lo in range(0, count, chunk):
             xb, yb = data.batch(order[lo : lo + chunk])
+            if self.kind == "multiclass" and not data.fast:  # labels not checked up front
+                from .user import check_labels
+
+                check_labels(yb, self.num_classes, split)
             out = outputs_fn(xb)
             total += float(self.loss(out, yb)) * len(yb)
             if self.kind == "multiclass":

@@ -77,6 +77,11 @@ def resolve_loss(loss, search: tuple[str, ...] = ()) -> Callable:
         if ":" not in loss:
             raise UserError(f"loss: unknown loss {loss!r} (choose from {', '.join(LOSSES)} or 'package.module:name')")
         loss = import_path(loss, "loss", search)
+    if isinstance(loss, type) and issubclass(loss, nn.Module):  # e.g. "torch.nn:CrossEntropyLoss"
+        try:
+            loss = loss()
+        except Exception as e:
+            raise UserError(f"loss: {loss.__name__}() failed: {type(e).__name__}: {e}") from None
     if not callable(loss):
         raise UserError(f"loss: expected a callable loss(outputs, targets), got {type(loss).__name__}")
     return loss
@@ -114,6 +119,19 @@ def make_shards(partition, labels: torch.Tensor | None, size: int, n: int, batch
     raise UserError(f"unknown partition {partition!r} (choose from iid, dirichlet:α, labels:k, or index lists)")
 
 
+def classifies(out: torch.Tensor, y: torch.Tensor) -> bool:
+    """Integer targets and outputs [B, C] with C > 1: a classifier (accuracy is reported)."""
+    return not y.dtype.is_floating_point and out.dim() == 2 and out.shape[1] > 1
+
+
+def check_labels(labels: torch.Tensor, classes: int, name: str) -> None:
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        raise UserError(
+            f"{name} labels span [{int(labels.min())}, {int(labels.max())}] but the model has "
+            f"{classes} outputs: labels must be in [0, {classes})"
+        )
+
+
 def _probe(model: nn.Module, loss: Callable, train: Samples, batch_size: int):
     """One forward and loss on a copy of the model: (outputs, targets) or a UserError."""
     xb, yb = train.batch(torch.arange(min(batch_size, len(train))))
@@ -129,6 +147,8 @@ def _probe(model: nn.Module, loss: Callable, train: Samples, batch_size: int):
             ) from None
         if not isinstance(out, torch.Tensor):
             raise UserError(f"the model {type(model).__name__} must return one tensor, got {type(out).__name__}")
+        if classifies(out, yb):
+            check_labels(yb, out.shape[1], "training")
         try:
             value = loss(out, yb)
         except Exception as e:
@@ -166,15 +186,12 @@ def user_task(
     test_s = Samples(test) if test is not None else None
     out, yb = _probe(model, loss, train_s, batch_size)
     kind, classes = "other", 1
-    if not yb.dtype.is_floating_point and out.dim() == 2 and out.shape[1] > 1:
+    if classifies(out, yb):
         kind, classes = "multiclass", out.shape[1]
         for name, s in (("training", train_s), ("test", test_s)):
             labels = s.labels() if s is not None else None
-            if labels is not None and len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= classes):
-                raise UserError(
-                    f"{name} labels span [{int(labels.min())}, {int(labels.max())}] but the model has "
-                    f"{classes} outputs: labels must be in [0, {classes})"
-                )
+            if labels is not None:  # otherwise every batch is checked as it is drawn
+                check_labels(labels, classes, name)
     shards = make_shards(partition, train_s.labels(), len(train_s), n_workers, batch_size, seed)
     smallest = min(len(s) for s in shards)
     if smallest < batch_size:
