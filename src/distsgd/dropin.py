@@ -19,6 +19,8 @@ oracle. How it maps onto the user's objects:
   step, so the user's LR scheduler on it keeps working), momentum, weight_decay and nesterov
   fill the algorithm's options of the same names that the spec leaves unset. The update
   itself is the algorithm's; the wrapped optimizer's `step` is never called.
+- Start: rank 0's parameters and buffers are broadcast to every rank at construction,
+  as DDP does, so all workers start from one x₀ (as in the simulation).
 - Buffers (BatchNorm statistics): "average" all-reduces them after every step, "local"
   leaves each rank its own; the default is the algorithm's (as in `distsgd.simulate`).
 - `state_dict()` / `load_state_dict()` carry all algorithm state (error-feedback memory,
@@ -127,11 +129,16 @@ class DistributedOptimizer:
         if getattr(self.algorithm, "attack", None) is not None and getattr(self.algorithm.attack, "on_data", False):
             raise UserError("label flipping acts on the data: flip the labels in the Byzantine ranks' loader")
         self.policy = buffer_policy(self.algorithm, buffers)
-        self.state = self.algorithm.init(self.x, self.comm)
-        self.state["x"] = self.x
         self._initial_lr = self._scaled_at = self._optimizer_lr()
         if self._initial_lr is not None and not self._initial_lr > 0:
             raise UserError(f"the optimizer's lr must be > 0, got {self._initial_lr}")
+        # every worker starts from the same x₀ and buffers (rank 0's), as DDP does
+        src = 0 if group is None else dist.get_global_rank(group, 0)
+        dist.broadcast(self.x, src, group=group)
+        for b in model.buffers():
+            dist.broadcast(b, src, group=group)
+        self.state = self.algorithm.init(self.x, self.comm)
+        self.state["x"] = self.x
 
     # -- the user's loop ---------------------------------------------------------------------
     def zero_grad(self, set_to_none: bool = True) -> None:
