@@ -103,8 +103,10 @@ class DistributedOptimizer:
             raise UserError(f"the model's parameters are on several devices {sorted(map(str, devices))}")
         if any(p.dtype != torch.float32 for p in params):
             raise UserError("DistributedOptimizer trains float32 parameters (use autocast for lower precision)")
+        from ._alloc import tune_allocator
         from .comm.torchdist import TorchDistCommunicator
 
+        tune_allocator()  # keep freed step-sized buffers instead of returning them to the OS
         self.optimizer = optimizer
         self.model = model
         self.comm = TorchDistCommunicator(dist.get_world_size(group), network, group)

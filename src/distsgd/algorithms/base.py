@@ -103,7 +103,7 @@ def sgd_direction(
     d = g + weight_decay * x if weight_decay else g
     if not momentum:
         return d, None
-    buf = d.clone() if buf is None else buf.mul(momentum).add_(d)
+    buf = d.clone() if buf is None else buf.mul_(momentum).add_(d)  # in place: the state's buffer
     return (d + momentum * buf if nesterov else buf), buf
 
 

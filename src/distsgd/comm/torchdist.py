@@ -57,13 +57,14 @@ class TorchDistCommunicator(CommunicatorBase):
         self._plans: dict[int, tuple[Topology, _GossipPlan]] = {}
 
     def _sum(self, x: torch.Tensor) -> torch.Tensor:
-        s = x.sum(0).contiguous()
+        """Σ over all n workers' rows, in a fresh buffer (one copy: a row's clone for m = 1)."""
+        s = x[0].clone(memory_format=torch.contiguous_format) if x.shape[0] == 1 else x.sum(0).contiguous()
         dist.all_reduce(s, op=dist.ReduceOp.SUM, group=self.group)
         return s
 
     def all_reduce_mean(self, x: torch.Tensor) -> torch.Tensor:
         self._record_all_reduce(payload_bytes(x))
-        return (self._sum(x) / self.n).unsqueeze(0).expand_as(x)
+        return self._sum(x).div_(self.n).unsqueeze(0).expand_as(x)
 
     def all_gather(self, x: torch.Tensor) -> torch.Tensor:
         self._record_all_gather(payload_bytes(x))
@@ -174,7 +175,7 @@ class TorchDistCommunicator(CommunicatorBase):
         return p
 
     def average(self, x: torch.Tensor) -> torch.Tensor:
-        return self._sum(x) / self.n
+        return self._sum(x).div_(self.n)
 
     def consensus_distance(self, x: torch.Tensor) -> float:
         x = x.double()  # identical rows give exactly 0 (n·v/n is exact in float64)
