@@ -23,7 +23,10 @@ from .tasks import make_task
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown keys are errors, and types are not coerced: lr = "0.1" or lr = true is an
+    error, not 0.1 or 1 (an integer is accepted for a float)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class TaskConfig(_Strict):
@@ -65,7 +68,7 @@ class NetworkConfig(_Strict):
     compute_seconds: float = Field(5e-3, ge=0, description="seconds per gradient on a speed-1 worker")
     speeds: list[Annotated[float, Field(gt=0)]] | None = Field(None, description="relative speed per worker")
     speed_range: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = Field(
-        None, description="draw speeds log-uniformly in [lo, hi]"
+        None, description="draw speeds log-uniformly in [lo, hi]", strict=False
     )
     straggler_prob: float = Field(0.0, ge=0, le=1, description="probability a worker straggles at a gradient")
     straggler_slowdown: float = Field(4.0, ge=1, description="a straggling gradient takes this many times longer")
@@ -120,6 +123,13 @@ class RunConfig(_Strict):
     algorithm: dict
     network: NetworkConfig = NetworkConfig()
     lr_schedule: LRScheduleConfig = LRScheduleConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _one_folder(cls, v):
+        if set(v) <= {"."}:
+            raise ValueError(f"{v!r} is not a folder name under out_dir")
+        return v
 
     @field_validator("algorithm")
     @classmethod

@@ -28,8 +28,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .errors import UserError
 
-class SpecError(ValueError):
+
+class SpecError(UserError, ValueError):
     """A spec that names no entry, an unknown option or a bad value (one line)."""
 
 

@@ -17,10 +17,12 @@ rank 0 (the process holding worker 0) writes the files, each rank its own checkp
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from pathlib import Path
@@ -31,7 +33,7 @@ from .algorithms.base import bind
 from .comm.base import Communicator
 from .comm.network import NetworkModel
 from .comm.simulated import SimulatedCommunicator
-from .errors import UserError
+from .errors import Diverged, Fault, UserError
 from .lr_schedule import LRSchedule
 from .tasks.task import Task
 from .topology import Topology
@@ -85,13 +87,32 @@ class RunResult:
         return self.metrics[-1] if self.metrics else {}
 
 
+CHECKPOINT_FORMAT = "distsgd-checkpoint"
+CHECKPOINT_VERSION = 2
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temporary name, then rename: `path` is the old file or the whole new one,
+    never half of it. A failure (disk full, no permission) leaves no temporary file."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, PermissionError):
+            raise UserError(f"cannot write {path}: permission denied") from None
+        if isinstance(e, OSError):
+            raise Fault(f"cannot write {path}: {e.strerror or e} (what was saved before is intact)") from None
+        raise
+
+
+def _finite(v):
+    """A metric value for JSON: NaN and ±inf become null (bare NaN is not JSON)."""
+    return v if not isinstance(v, float) or math.isfinite(v) else None
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -122,6 +143,8 @@ def _describe(algorithm) -> dict:
         elif hasattr(v, "compress"):  # a compressor: its name and plain options
             simple = {k: x for k, x in vars(v).items() if isinstance(x, int | float | str | bool | None)}
             v = {"type": getattr(v, "name", type(v).__name__), **simple}
+        elif not isinstance(v, int | float | str | bool | type(None) | list | tuple | dict):
+            v = re.sub(r" at 0x[0-9a-fA-F]+", "", repr(v))  # readable, and the same in every run
         out[k] = v
     return out
 
@@ -242,12 +265,38 @@ class _Loop:
         for k in ("bytes_sent_per_worker", "bytes_sent_max_worker", "messages_per_worker", "sim_seconds"):
             row[k] = traffic[k]
         row["wall_seconds"] = self.wall()
-        if not math.isfinite(row["batch_loss"]):
-            row["diverged"] = True
         return row
 
-    def checkpoint(self, step: int, name: str) -> dict:
+    def diverged(self, parameters: bool) -> str | None:
+        """What became non-finite in the last step ("loss = nan"), or None. The loss is
+        checked every step (m numbers); the parameters (a pass over x) only when asked,
+        before an evaluation or a checkpoint: non-finite parameters make the next loss
+        non-finite anyway. All processes reach the same verdict (one small all-reduce)."""
+        local = 0.0
+        if not bool(torch.isfinite(self.loss_sum).all()):
+            local = 1.0
+        elif parameters and not math.isfinite(float(self.state["x"].sum())):
+            local = 1000.0
+        total = local
+        if self.comm.m != self.comm.n:  # under torch.distributed: Σ over processes
+            rows = torch.zeros(self.comm.m, 1, dtype=torch.float64)
+            rows[0, 0] = local
+            total = float(self.comm.average(rows)) * self.comm.n
+        if total == 0:
+            return None
+        if local == 1.0:
+            bad = self.loss_sum[~torch.isfinite(self.loss_sum)]
+            return f"the loss of worker {self.comm.start + int(torch.nonzero(~torch.isfinite(self.loss_sum))[0])} is {float(bad[0])}"
+        if local == 1000.0 or total >= 1000:
+            return "the parameters are not finite"
+        return "the loss of a worker on another process is not finite"
+
+    def checkpoint(self, step: int, name: str, identity: dict) -> dict:
         return {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "identity": identity,
+            "fingerprint": _fingerprint(identity),
             "step": step,
             "n": self.task.n,
             "d": self.workers.d,
@@ -260,30 +309,119 @@ class _Loop:
             "loss_count": self.loss_count,
         }
 
-    def resume(self, path: Path | None, out: Path | None, name: str, writer: bool) -> None:
+    def resume(self, path: Path | None, out: Path | None, identity: dict, writer: bool) -> None:
+        """Continue from the checkpoint at `path`; a missing, unreadable, foreign or
+        different-run checkpoint is one UserError line naming the file (and the fields
+        that differ)."""
+        rank = self.comm.start // self.comm.m
+        where = f"rank {rank}: " if self.comm.m != self.comm.n else ""
         if path is None or not path.exists():
-            raise UserError(f"--resume: no checkpoint in {out}")
-        ck = torch.load(path, weights_only=True)
-        if ck["n"] != self.task.n or ck["d"] != self.workers.d or ck["algorithm"] != name:
-            raise UserError(f"--resume: the checkpoint in {out} is for a different run")
-        self.state = ck["state"]
-        self.workers.load_state_dict(ck["workers"])
-        self.comm.load_state_dict(ck["comm"])
-        self.start_step, self.wall_offset = ck["step"], ck["wall_seconds"]
-        self.loss_sum, self.loss_count = ck["loss_sum"], ck["loss_count"]
+            raise UserError(f"--resume: {where}no checkpoint {path.name if path else ''} in {out}")
+        try:
+            ck = torch.load(path, weights_only=True)
+        except Exception as e:
+            msg = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+            raise UserError(f"--resume: {where}{path} is not a readable distsgd checkpoint ({msg})") from None
+        if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+            raise UserError(f"--resume: {where}{path} is not a distsgd checkpoint")
+        if ck.get("version") != CHECKPOINT_VERSION:
+            raise UserError(
+                f"--resume: {where}{path} has checkpoint format version {ck.get('version')}, "
+                f"this distsgd reads version {CHECKPOINT_VERSION}"
+            )
+        if ck.get("fingerprint") != _fingerprint(identity):
+            theirs = ck.get("identity") or {}
+            differ = sorted(k for k in set(theirs) | set(identity) if theirs.get(k) != identity.get(k))
+            raise UserError(
+                f"--resume: {where}{path} is from a different run: {', '.join(differ) or 'the identity'} "
+                "differ (only steps, eval_every and checkpoint_every may change)"
+            )
+        try:
+            self.state = ck["state"]
+            self.workers.load_state_dict(ck["workers"])
+            self.comm.load_state_dict(ck["comm"])
+            self.start_step, self.wall_offset = ck["step"], ck["wall_seconds"]
+            self.loss_sum, self.loss_count = ck["loss_sum"], ck["loss_count"]
+        except (KeyError, TypeError, RuntimeError, ValueError) as e:
+            raise UserError(f"--resume: {where}{path} is damaged ({type(e).__name__}: {e})") from None
         if writer and (out / "metrics.jsonl").exists():
-            rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
-            self.metrics = [r for r in rows if r["step"] <= self.start_step]
+            rows = []
+            for line in (out / "metrics.jsonl").read_text().splitlines():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break  # a line cut short by a crash: the rows before it are kept
+            self.metrics = [r for r in rows if isinstance(r, dict) and r.get("step", math.inf) <= self.start_step]
 
 
-def _write_metrics(out: Path, metrics: list[dict], row: dict | None = None) -> None:
-    """Append `row` to metrics.jsonl (or rewrite it whole when row is None) and rewrite the CSV."""
-    if row is None:
-        _atomic_write(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in metrics).encode())
-    else:
-        with open(out / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(row) + "\n")
-    _atomic_write(out / "metrics.csv", _csv_text(metrics).encode())
+def _fingerprint(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_identity(task: Task, algorithm, seed: int, network, policy: str, lr_schedule, d: int) -> dict:
+    """What fixes a run's trajectory: a checkpoint resumes only a run with the same."""
+    return json.loads(
+        json.dumps(
+            {
+                "algorithm": _describe(algorithm),
+                "task": task.description,
+                "n_workers": task.n,
+                "parameters": d,
+                "seed": seed,
+                "buffers": policy,
+                "network": asdict(network),
+                "lr_schedule": asdict(lr_schedule) if lr_schedule is not None else None,
+            },
+            sort_keys=True,
+            default=str,
+        )
+    )
+
+
+def _agree(comm: Communicator, fn, *args) -> None:
+    """Run `fn` on every process and agree on the outcome before going on: if it failed on
+    any process, every process raises (the failing one its own error, the others a Fault
+    naming it), instead of the others waiting in the next collective."""
+    err = None
+    try:
+        fn(*args)
+    except (UserError, Fault) as e:
+        err = e
+    if comm.m == comm.n:  # one process: nothing to agree on
+        if err is not None:
+            raise err
+        return
+    world = comm.n // comm.m
+    rank = comm.start // comm.m
+    rows = torch.zeros(comm.m, world, dtype=torch.float64)
+    rows[0, rank] = 1.0 if err is not None else 0.0
+    flags = comm.average(rows) * comm.n  # Σ over processes of each one's one-hot row
+    bad = [r for r in range(world) if float(flags[r]) > 0.5]
+    if err is not None:
+        raise err
+    if bad:
+        raise Fault(f"rank {rank}: stopping because rank {bad[0]} failed")
+
+
+def _write_metrics(out: Path, metrics: list[dict]) -> None:
+    """Rewrite metrics.jsonl and metrics.csv whole (atomically: a crash or a full disk leaves
+    the previous files); non-finite values are written as null, so every line is JSON."""
+    rows = [{k: _finite(v) for k, v in r.items()} for r in metrics]
+    _atomic_write(out / "metrics.jsonl", "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows).encode())
+    _atomic_write(out / "metrics.csv", _csv_text(rows).encode())
+
+
+def _make_run_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"cannot use {out} as the run directory: a file is in the way") from None
+    except PermissionError:
+        raise UserError(f"cannot create the run directory {out}: permission denied") from None
+    except OSError as e:
+        raise UserError(f"cannot create the run directory {out}: {e.strerror or e}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to the run directory {out}: permission denied")
 
 
 def train(
@@ -337,10 +475,11 @@ def train(
     out = Path(run_dir) if run_dir is not None else None
     ckpt_path = _checkpoint_path(out, comm)
     loop = _Loop(task, algorithm, comm, seed, compile, buffer_policy(algorithm, buffers))
+    identity = run_identity(task, algorithm, seed, comm.network, loop.policy, lr_schedule, loop.workers.d)
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+        _make_run_dir(out)
     if resume:
-        loop.resume(ckpt_path, out, name, writer)
+        _agree(comm, loop.resume, ckpt_path, out, identity, writer)
     if writer and out is not None:
         _write_metrics(out, loop.metrics)
     last = min(steps, stop_after) if stop_after is not None else steps
@@ -355,17 +494,31 @@ def train(
                 scaled, factor = replace(algorithm, lr=algorithm.lr * f), f
             loop.step(scaled)
             step = t + 1
-            if step % eval_every == 0 or step == steps:
+            evaluating = step % eval_every == 0 or step == steps
+            saving = ckpt_path is not None and checkpoint_every and step % checkpoint_every == 0
+            why = loop.diverged(parameters=evaluating or saving or step == last)
+            if why is not None:  # record where, keep the last good checkpoint, stop
+                row = {**loop.evaluate(step, False), "diverged": True}
+                loop.metrics.append(row)
+                if writer and out is not None:
+                    _write_metrics(out, loop.metrics)
+                kept = f"; the checkpoint of step {step - step % checkpoint_every} is kept" if (
+                    ckpt_path is not None and checkpoint_every and step >= checkpoint_every
+                ) else ""
+                raise Diverged(
+                    f"step {step}: {why}{kept} (lower the learning rate, add warmup or clip the gradients)"
+                )
+            if evaluating:
                 row = loop.evaluate(step, writer)
                 loop.metrics.append(row)
                 if writer and out is not None:
-                    _write_metrics(out, loop.metrics, row)
+                    _write_metrics(out, loop.metrics)
                 acc = row.get("test_acc")
                 bar.update(step, f"loss {row['batch_loss']:.3f}" + (f" acc {acc:.3f}" if acc is not None else ""))
             else:
                 bar.update(step)
-            if ckpt_path is not None and checkpoint_every and step % checkpoint_every == 0:
-                _atomic_save(loop.checkpoint(step, name), ckpt_path)
+            if saving:
+                _atomic_save(loop.checkpoint(step, name, identity), ckpt_path)
     finally:
         bar.close()
 
@@ -382,9 +535,10 @@ def train(
         "buffers": loop.policy,
         "network": asdict(comm.network),
         "traffic": comm.traffic.summary(),
-        "final": loop.metrics[-1] if loop.metrics else {},
+        "final": {k: _finite(v) for k, v in (loop.metrics[-1] if loop.metrics else {}).items()},
         "wall_seconds": loop.wall(),
         "seed": seed,
+        "fingerprint": _fingerprint(identity),
     }
     if config is not None:
         summary["config"] = config

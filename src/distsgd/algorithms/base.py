@@ -12,11 +12,13 @@ parameters are large): clone a state you want to keep.
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from collections.abc import Callable
 from typing import Annotated, Any, Protocol
 
 import torch
-from pydantic import BeforeValidator, ConfigDict, ValidationError
+from pydantic import BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.dataclasses import dataclass as _pydantic_dataclass
 
 from ..comm.base import Communicator
@@ -29,13 +31,21 @@ State = dict[str, Any]
 
 
 ALGORITHMS = Registry("algorithm")
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def options(cls):
     """Make an algorithm's class its own configuration: a frozen pydantic dataclass, so the
-    same typed, ranged fields validate `ChocoSGD(lr=...)` in Python and `[algorithm]` in TOML
-    (unknown options and wrong types are errors; ranges come from `Field`)."""
-    return _pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_default=True))(cls)
+    same typed, ranged fields validate `ChocoSGD(lr=...)` in Python and `[algorithm]` in TOML.
+    Validation is strict: unknown options, a string for a number (lr = "0.1") or a bool for
+    a number (lr = true) are errors; an int is a float; a list is accepted for a tuple
+    (TOML has no tuples); ranges come from `Field`."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    for name, hint in hints.items():
+        if name in cls.__dict__.get("__annotations__", {}) and "tuple" in repr(hint):
+            cls.__annotations__[name] = Annotated[hint, Field(strict=False)]
+    config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_default=True, strict=True)
+    return _pydantic_dataclass(frozen=True, config=config)(cls)
 
 
 def _compressor(v):
@@ -55,6 +65,10 @@ def bind(algorithm, n: int, seed: int = 0, shapes=None):
     (e.g. picking the Byzantine workers). Binding a bound algorithm changes nothing."""
     if not dataclasses.is_dataclass(algorithm):
         return algorithm
+    for f in dataclasses.fields(algorithm):  # the parameters are float32: so must the options fit
+        v = getattr(algorithm, f.name)
+        if isinstance(v, float) and not (math.isfinite(v) and abs(v) <= FLOAT32_MAX):
+            raise ValueError(f"{f.name} = {v} is not a finite float32 number")
     names = {f.name for f in dataclasses.fields(algorithm)}
     changes = {}
     for f in dataclasses.fields(algorithm):
