@@ -316,24 +316,24 @@ class _Loop:
         rank = self.comm.start // self.comm.m
         where = f"rank {rank}: " if self.comm.m != self.comm.n else ""
         if path is None or not path.exists():
-            raise UserError(f"--resume: {where}no checkpoint {path.name if path else ''} in {out}")
+            raise UserError(f"{where}--resume: no checkpoint {path.name if path else ''} in {out}")
         try:
             ck = torch.load(path, weights_only=True)
         except Exception as e:
             msg = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-            raise UserError(f"--resume: {where}{path} is not a readable distsgd checkpoint ({msg})") from None
+            raise UserError(f"{where}--resume: {path} is not a readable distsgd checkpoint ({msg})") from None
         if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-            raise UserError(f"--resume: {where}{path} is not a distsgd checkpoint")
+            raise UserError(f"{where}--resume: {path} is not a distsgd checkpoint")
         if ck.get("version") != CHECKPOINT_VERSION:
             raise UserError(
-                f"--resume: {where}{path} has checkpoint format version {ck.get('version')}, "
+                f"{where}--resume: {path} has checkpoint format version {ck.get('version')}, "
                 f"this distsgd reads version {CHECKPOINT_VERSION}"
             )
         if ck.get("fingerprint") != _fingerprint(identity):
             theirs = ck.get("identity") or {}
             differ = sorted(k for k in set(theirs) | set(identity) if theirs.get(k) != identity.get(k))
             raise UserError(
-                f"--resume: {where}{path} is from a different run: {', '.join(differ) or 'the identity'} "
+                f"{where}--resume: {path} is from a different run: {', '.join(differ) or 'the identity'} "
                 "differ (only steps, eval_every and checkpoint_every may change)"
             )
         try:
@@ -343,7 +343,7 @@ class _Loop:
             self.start_step, self.wall_offset = ck["step"], ck["wall_seconds"]
             self.loss_sum, self.loss_count = ck["loss_sum"], ck["loss_count"]
         except (KeyError, TypeError, RuntimeError, ValueError) as e:
-            raise UserError(f"--resume: {where}{path} is damaged ({type(e).__name__}: {e})") from None
+            raise UserError(f"{where}--resume: {path} is damaged ({type(e).__name__}: {e})") from None
         if writer and (out / "metrics.jsonl").exists():
             rows = []
             for line in (out / "metrics.jsonl").read_text().splitlines():
