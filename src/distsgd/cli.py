@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
-from .errors import UserError
+from .errors import DistsgdError, Fault, UserError
 
 
 def _cmd_run(args) -> int:
@@ -20,8 +21,10 @@ def _cmd_run(args) -> int:
         _join_process_group(cfg)
         try:
             res = run_config(cfg, run_dir, backend="torch", resume=args.resume, progress=not args.quiet)
-        finally:
-            _leave_process_group()
+        except BaseException:
+            _abandon_process_group()
+            raise
+        _leave_process_group()
     else:
         res = run_config(cfg, run_dir, resume=args.resume, progress=not args.quiet)
     if res.comm is not None and res.comm.start == 0 and not args.quiet:
@@ -41,7 +44,19 @@ def _join_process_group(cfg) -> None:
     if not dist.is_initialized():
         if "MASTER_ADDR" not in os.environ:
             raise UserError("--backend torch must be launched with torchrun (MASTER_ADDR is not set)")
-        dist.init_process_group("gloo")
+        from datetime import timedelta
+
+        try:
+            seconds = float(os.environ.get("DISTSGD_TIMEOUT", "300"))
+        except ValueError:
+            raise UserError("DISTSGD_TIMEOUT must be a number of seconds") from None
+        # a collective that waits longer than this for a peer fails instead of hanging
+        dist.init_process_group("gloo", timeout=timedelta(seconds=seconds))
+        import signal
+
+        # torchrun stops the other ranks with SIGTERM when one fails: leave quietly (the
+        # failing rank has said why), without a traceback per rank
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
 
 
 def _leave_process_group() -> None:
@@ -54,6 +69,27 @@ def _leave_process_group() -> None:
             dist.barrier()
         finally:
             dist.destroy_process_group()
+
+
+def _abandon_process_group() -> None:
+    """After a failure: close the group without waiting for peers that may be gone."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:
+            pass
+
+
+def _rank_prefix() -> str:
+    rank = os.environ.get("RANK")
+    return f"rank {rank}: " if rank is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _cmd_plot(args) -> int:
@@ -75,29 +111,48 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_collectives(args) -> int:
-    import json
-
     from .collectives import build_schedule, make_interconnect
-    from .collectives.report import compare, parse_size, parse_sizes, plot, print_table
+    from .collectives.report import (
+        check_output,
+        check_plot_path,
+        compare,
+        parse_bandwidth,
+        parse_latency,
+        parse_size,
+        parse_sizes,
+        plot,
+        print_table,
+        write_json_atomic,
+    )
 
-    net = make_interconnect(args.topology, bandwidth=args.bandwidth, latency=args.latency, nis=args.nis)
+    # every argument and output path is checked before the (possibly long) simulation
+    bandwidth = parse_bandwidth(args.bandwidth)
+    latency = parse_latency(args.latency)
+    try:
+        nis = int(args.nis)
+    except ValueError:
+        nis = 0
+    if not 1 <= nis <= 1024:
+        raise UserError(f"bad --nis '{args.nis}': must be a whole number from 1 to 1024")
+    net = make_interconnect(args.topology, bandwidth=bandwidth, latency=latency, nis=nis)
     sizes = parse_sizes(args.sizes)
     if not sizes:
         raise UserError("--sizes is empty")
+    packet = parse_size(args.packet, "packet size") if args.packet else None
+    if args.plot:
+        check_plot_path(args.plot)
+    if args.json:
+        check_output(args.json, "--json")
     names = [a.strip() for a in args.algorithms.split(",") if a.strip()]
     if "ring" not in names:
         names.insert(0, "ring")  # the baseline every speedup is measured against
     schedules = {name: build_schedule(name, net) for name in names}
-    packet = parse_size(args.packet) if args.packet else None
     rows = compare(net, schedules, sizes, packet, args.cut_through, lockstep=not args.dataflow)
     print_table(net, rows)
     if args.plot:
         print(plot(net, rows, args.plot))
     if args.json:
-        out = Path(args.json)
-        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"interconnect": net.summary(), "rows": rows}, indent=2))
-        os.replace(tmp, out)
+        print(write_json_atomic(args.json, {"interconnect": net.summary(), "rows": rows}))
     return 0
 
 
@@ -156,42 +211,84 @@ def parser() -> argparse.ArgumentParser:
         default="ring,dbtree,ring2d,multitree",
         help="comma list of ring, hd, dbtree, ring2d, hierarchical, multitree",
     )
-    c.add_argument("--sizes", default="32KiB..64MiB", help="A..B (doubling) or a comma list")
-    c.add_argument("--bandwidth", type=float, default=16e9, help="bytes/s per link")
-    c.add_argument("--latency", type=float, default=150e-9, help="seconds per link")
-    c.add_argument("--nis", type=int, default=4, help="network interfaces per node")
-    c.add_argument("--packet", help="packet size (default: size/2048, at least 256B)")
+    c.add_argument(
+        "--sizes",
+        default="32KiB..64MiB",
+        help="A..B (doubling) or a comma list; units B, KiB, MiB, GiB (binary) or kB, MB, GB "
+        "(decimal), a plain number is bytes",
+    )
+    c.add_argument(
+        "--bandwidth",
+        default="16e9",
+        help="per link: a plain number is bytes/s; or with a unit, e.g. 16GB/s, 16GiB/s, 100Gbit/s "
+        "(default: 16e9 = 16GB/s)",
+    )
+    c.add_argument(
+        "--latency",
+        default="150e-9",
+        help="per link: a plain number is seconds; or e.g. 150ns, 1.5us, 1ms (default: 150e-9)",
+    )
+    c.add_argument("--nis", default="4", help="network interfaces per node (default: 4)")
+    c.add_argument("--packet", help="packet size, e.g. 4KiB (default: size/2048, at least 256B)")
     c.add_argument("--cut-through", action="store_true", help="cut-through instead of store-and-forward")
     c.add_argument(
         "--dataflow",
         action="store_true",
         help="start each message when its data is ready (default: steps in lockstep)",
     )
-    c.add_argument("--plot", default="collectives.png", help="where to write the plot ('' for none)")
-    c.add_argument("--json", help="also write the rows as JSON")
+    c.add_argument("--plot", metavar="PATH", help="write a plot of time against size here (default: none)")
+    c.add_argument(
+        "--json", metavar="PATH", help="also write the rows as JSON here (its directory must exist)"
+    )
+    # values such as -1MiB or -5e-9 reach the parsers above (one-line errors) instead of
+    # being taken for options; this sub-command has no option that looks like a number
+    c._negative_number_matcher = re.compile(r"^-(?:\d|\.\d|inf|nan)", re.IGNORECASE)
     c.set_defaults(func=_cmd_collectives)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done; 2 a user error (config, input, file); 3 diverged (non-finite
+    loss or parameters); 4 a fault (a peer rank died or timed out, the disk is full);
+    130 interrupted. Each is one line on stderr, prefixed with the rank under torchrun."""
     args = parser().parse_args(argv)
+    distributed = getattr(args, "backend", None) == "torch"
     try:
         code = args.func(args)
-        if getattr(args, "backend", None) == "torch" and argv is None:
-            # Every file is written and the process group is closed. Skip interpreter
-            # teardown: a C++ thread left by the torch.distributed runtime sometimes
-            # aborts the process there ("terminate called without an active
-            # exception", ~1 exit in 20 here), which torchrun reports as a failed run.
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-        return code
-    except UserError as e:
-        print(f"distsgd: error: {e}", file=sys.stderr)
-        return 2
+    except DistsgdError as e:
+        msg = str(e)
+        print(f"distsgd: {e.label}: {'' if msg.startswith('rank ') else _rank_prefix()}{msg}", file=sys.stderr)
+        code = e.exit_code
     except KeyboardInterrupt:
-        print("distsgd: interrupted", file=sys.stderr)
-        return 130
+        print(f"distsgd: {_rank_prefix()}interrupted", file=sys.stderr)
+        code = 130
+    except Exception as e:
+        if not distributed or not _is_peer_failure(e):
+            raise
+        why = re.sub(r"^\[[^\]]*\]\s*", "", _one_line(e)).split(". This is")[0]  # gloo's source location, advice
+        print(f"distsgd: error: {_rank_prefix()}lost contact with another rank ({why})", file=sys.stderr)
+        code = Fault.exit_code
+    if distributed and argv is None:
+        # The process group is closed (or abandoned). Skip interpreter teardown: a C++
+        # thread left by the torch.distributed runtime sometimes aborts the process there
+        # ("terminate called without an active exception", ~1 exit in 20 here), which
+        # torchrun reports as a failed run.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _is_peer_failure(e: Exception) -> bool:
+    """A torch.distributed error of a collective whose peer died, closed or timed out."""
+    import torch.distributed as dist
+
+    backend_error = getattr(dist, "DistBackendError", ())
+    text = str(e).lower()
+    return isinstance(e, backend_error) or (
+        isinstance(e, RuntimeError)
+        and any(k in text for k in ("gloo", "connection", "timed out", "timeout", "peer", "socket"))
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,17 +11,127 @@ from .interconnect import Interconnect
 from .schedules import lower_bound_seconds
 from .simulator import simulate
 
-_UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "kb": 1e3, "mb": 1e6, "gb": 1e9}
+# Units are case-sensitive so that they stay unambiguous: B is a byte and bit a bit (a bare
+# lowercase b, as in Gb/s or mb, is refused); k or K, M, G, T are powers of 1000 and Ki, Mi,
+# Gi, Ti powers of 1024. A number without a unit is bytes, bytes/s or seconds.
+_PREFIXES = {
+    "": 1,
+    "k": 1e3,
+    "K": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+}
+_SIZE_UNITS = {f"{p}B": f for p, f in _PREFIXES.items()}
+_BANDWIDTH_UNITS = {f"{p}B/s": f for p, f in _PREFIXES.items()} | {
+    f"{p}bit/s": f / 8 for p, f in _PREFIXES.items()
+}
+_LATENCY_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+_NUMBER = re.compile(
+    r"\s*([+-]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|inf(?:inity)?|nan))\s*(.*?)\s*", re.IGNORECASE
+)
 
 
-def parse_size(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]i?b|b)?\s*", text.lower())
+def _quantity(text: str, what: str, units: dict[str, float], examples: str) -> tuple[float, str]:
+    """A number and its unit's factor; the unit must be one of `units` ('' = none given)."""
+    m = _NUMBER.fullmatch(text)
     if not m:
-        raise UserError(f"bad size '{text}' (use e.g. 32KiB, 4MiB, 1GB or a byte count)")
-    value = float(m.group(1)) * _UNITS[m.group(2) or ""]
+        raise UserError(f"bad {what} '{text}' (use e.g. {examples})")
+    number, unit = m.groups()
+    if unit not in units:
+        raise UserError(f"bad {what} '{text}': unknown unit '{unit}' (use e.g. {examples})")
+    value = float(number) * units[unit]
+    if not math.isfinite(value):
+        raise UserError(f"bad {what} '{text}': must be a finite number")
+    return value, unit
+
+
+def parse_size(text: str, what: str = "size") -> int:
+    """A whole number of bytes: `64MiB`, `32KiB`, `1GB`, `512B` or a plain byte count."""
+    value, _ = _quantity(text, what, _SIZE_UNITS | {"": 1}, "32KiB, 4MiB, 1GB, 512B or a byte count")
     if value < 1:
-        raise UserError(f"bad size '{text}': must be at least 1 byte")
+        raise UserError(f"bad {what} '{text}': must be at least 1 byte")
+    if value != int(value):
+        raise UserError(f"bad {what} '{text}': not a whole number of bytes")
+    if value > 2**50:
+        raise UserError(f"bad {what} '{text}': more than 1 PiB")
     return int(value)
+
+
+def parse_bandwidth(text: str) -> float:
+    """Bytes per second: `16GB/s`, `16GiB/s`, `100Gbit/s`, or a plain number of bytes/s."""
+    value, _ = _quantity(
+        text,
+        "bandwidth",
+        _BANDWIDTH_UNITS | {"": 1},
+        "16GB/s, 16GiB/s, 100Gbit/s or a plain number of bytes/s",
+    )
+    if not 1 <= value <= 1e18:
+        raise UserError(f"bad bandwidth '{text}': must be between 1 B/s and 1e18 B/s")
+    return value
+
+
+def parse_latency(text: str) -> float:
+    """Seconds: `150ns`, `1.5us`, `1ms`, `0.001s` or a plain number of seconds."""
+    value, _ = _quantity(
+        text, "latency", _LATENCY_UNITS | {"": 1}, "150ns, 1.5us, 1ms or a plain number of seconds"
+    )
+    if value < 0:
+        raise UserError(f"bad latency '{text}': must be >= 0")
+    if value > 1e6:
+        raise UserError(f"bad latency '{text}': more than 10^6 seconds per link")
+    return value
+
+
+def check_output(path: str | Path, what: str) -> Path:
+    """An output file that can be written: its directory exists, and it is not a directory."""
+    out = Path(path)
+    parent = out.parent
+    if out.name in ("", ".", ".."):
+        raise UserError(f"{what} '{path}' is not a file name")
+    if not parent.is_dir():
+        raise UserError(f"{what} '{path}': directory '{parent}' does not exist")
+    if out.is_dir():
+        raise UserError(f"{what} '{path}' is a directory")
+    return out
+
+
+def write_json_atomic(path: str | Path, obj) -> Path:
+    """Write JSON to a temporary name in the same directory, then rename it over `path`."""
+    import json
+    import os
+
+    out = check_output(path, "--json")
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    try:
+        text = json.dumps(obj, indent=2, allow_nan=False)
+    except ValueError as e:
+        raise UserError(f"cannot write --json '{path}': {e}") from None
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, out)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write --json '{path}': {e.strerror or e}") from None
+    return out
+
+
+def check_plot_path(path: str | Path) -> Path:
+    """A plot file in an existing directory, in a format matplotlib writes (none given: PNG)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    out = check_output(path, "--plot")
+    fmt = out.suffix.lstrip(".").lower()
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if fmt and fmt not in formats:
+        raise UserError(
+            f"--plot '{path}': unknown image format '.{fmt}' (use one of {', '.join(sorted(formats))})"
+        )
+    return out
 
 
 def parse_sizes(text: str) -> list[int]:

@@ -84,7 +84,13 @@ def mnist1d(num_samples: int = 5000, seed: int = 42) -> Dataset:
 
 
 def digits(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
-    """scikit-learn's 8×8 digits (1797 images, shipped with the package), standardized."""
+    """scikit-learn's 8×8 digits (1797 images, shipped with the package), standardized.
+
+    Each pixel is centred and scaled by the mean and standard deviation of the training
+    split; a pixel constant there (border pixels, always 0) keeps scale 1, as in
+    scikit-learn's StandardScaler, so the test images, where it may not be constant,
+    stay on the pixels' own scale (a tiny divisor would blow them up to ~1e6).
+    """
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -93,7 +99,8 @@ def digits(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     n_test = int(len(y) * test_fraction)
     test, train = perm[:n_test], perm[n_test:]
-    mu, sd = x[train].mean(0), x[train].std(0).clamp_min(1e-6)
+    mu, sd = x[train].mean(0), x[train].std(0)
+    sd = torch.where(sd > 1e-6, sd, torch.ones_like(sd))  # zero variance: scale 1
     x = (x - mu) / sd
     return Dataset("digits", x[train], y[train], x[test], y[test], "multiclass", 10)
 
