@@ -38,50 +38,120 @@ def _leave():
     os._exit(0)
 
 
-def make_algorithm(name):
-    from distsgd import DPSGD, AllReduceSGD, make_topology
-    from distsgd.algorithms import D2, EF21, ChocoSGD, CompressedSGD, RobustSGD, Signum
-    from distsgd.compress import TopK
-    from distsgd.robust import BGMD, Attack, GeometricMedian
+N_WORKERS = 8
+STEPS = 20
 
-    return {
-        "allreduce": lambda: AllReduceSGD(lr=0.1, momentum=0.9),
-        "dpsgd_ring": lambda: DPSGD(lr=0.1, momentum=0.9, topology=make_topology("ring", 8)),
-        "signum": lambda: Signum(lr=1e-2),
-        "ef21_topk": lambda: EF21(lr=0.1, compressor=TopK(k=20)),
-        "ef_topk": lambda: CompressedSGD(lr=0.1, compressor=TopK(k=20)),
-        "d2_ring": lambda: D2(lr=0.1, topology=make_topology("ring", 8)),
-        "choco_topk": lambda: ChocoSGD(
-            lr=0.1, momentum=0.9, topology=make_topology("exponential", 8), compressor=TopK(k=20), gamma=0.3
-        ),
-        "robust_geomed_alie": lambda: RobustSGD(
-            lr=0.1,
-            aggregator=GeometricMedian(f=2),
-            attack=Attack("alie"),
-            byzantine=(1, 6),
-            worker_momentum=0.9,
-        ),
-        "robust_bgmd_label_flip": lambda: RobustSGD(
-            lr=0.1, aggregator=BGMD(f=2, beta=0.2), attack=Attack("label_flip"), byzantine=(2, 5), worker_momentum=0.0
-        ),
-    }[name]()
+# Algorithm specs (tables for the registry, so spawned processes and the test build the
+# same thing), 8 workers. Every registered algorithm appears, and every registered
+# compressor through compressed_sgd and choco_sgd (`ALGORITHM_SPECS` adds those).
+BASE_SPECS = {
+    "allreduce_sgd": {"name": "allreduce_sgd", "lr": 0.1, "momentum": 0.9},
+    "dpsgd_ring": {"name": "dpsgd", "lr": 0.1, "momentum": 0.9, "topology": "ring"},
+    "d2_ring": {"name": "d2", "lr": 0.1, "topology": "ring"},
+    "signum": {"name": "signum", "lr": 1e-2},
+    "signum_mv": {"name": "signum_mv", "lr": 1e-2, "byzantine": [3]},
+    "ef21_topk": {"name": "ef21", "lr": 0.1, "compressor": {"name": "topk", "k": 20}},
+    "ef21_natural": {"name": "ef21", "lr": 0.1, "compressor": "natural"},
+    "local_sgd": {"name": "local_sgd", "lr": 0.1, "local_steps": 4, "momentum": 0.9},
+    "local_sgd_qsgd": {"name": "local_sgd", "lr": 0.1, "local_steps": 2, "compressor": "qsgd:4"},
+    "powersgd": {"name": "powersgd", "lr": 0.1, "rank": 2, "momentum": 0.9},
+    "compressed_sgd_downlink_qsgd": {"name": "compressed_sgd", "lr": 0.1, "compressor": "topk:0.1", "downlink": "qsgd:7"},
+    "compressed_sgd_allgather_natural": {"name": "compressed_sgd", "lr": 0.1, "compressor": "natural", "mode": "allgather"},
+    "robust_sgd_geomed_alie": {
+        "name": "robust_sgd", "lr": 0.1, "aggregator": "geomed", "attack": "alie", "byzantine": [1, 6], "worker_momentum": 0.9,
+    },
+    "robust_sgd_bgmd_label_flip": {
+        "name": "robust_sgd", "lr": 0.1, "aggregator": {"name": "bgmd", "beta": 0.2}, "attack": "label_flip",
+        "byzantine": [2, 5], "worker_momentum": 0.0,
+    },
+    "robust_sgd_cclip_gaussian": {
+        "name": "robust_sgd", "lr": 0.1, "aggregator": {"name": "cclip", "tau": 1.0, "bucket": 2}, "attack": "gaussian:1.0",
+        "byzantine": [5], "momentum": 0.5,
+    },
+    "robust_gossip_clipped_sign_flip": {
+        "name": "robust_gossip", "lr": 0.1, "topology": "exponential", "attack": "sign_flip", "byzantine": [3],
+    },
+    "robust_gossip_cclip_gaussian": {
+        "name": "robust_gossip", "lr": 0.1, "topology": "exponential", "rule": {"name": "cclip", "tau": 0.5},
+        "attack": "gaussian:1.0", "byzantine": [3],
+    },
+    "robust_gossip_bgmd_ipm": {
+        "name": "robust_gossip", "lr": 0.1, "topology": "exponential", "rule": {"name": "bgmd", "beta": 0.3},
+        "attack": "ipm", "byzantine": [6],
+    },
+}
 
 
-def train_slice(rank, world, rdzv, algo_name, out_path):
-    """Train 8 workers split over `world` processes; rank 0 saves all rows of x."""
-    from distsgd import make_task, train
+def compressor_specs() -> dict:
+    """compressed_sgd (EF, server) and choco_sgd with every registered compressor."""
+    from distsgd.compress import COMPRESSORS
+
+    out = {}
+    for c in COMPRESSORS.names():
+        # Rand-K unscaled: contractive (δ = k/d), what EF and CHOCO need; scaled it diverges here
+        spec = {"name": "topk", "k": 20} if c == "topk" else {"name": "randk", "ratio": 0.25, "scaled": False} if c == "randk" else c
+        out[f"compressed_sgd_{c}"] = {"name": "compressed_sgd", "lr": 0.1, "compressor": spec}
+        out[f"choco_sgd_{c}"] = {
+            "name": "choco_sgd", "lr": 0.1, "momentum": 0.9, "topology": "exponential", "compressor": spec, "gamma": 0.3,
+        }
+    return out
+
+
+def algorithm_specs() -> dict:
+    return {**BASE_SPECS, **compressor_specs()}
+
+
+# 200-step runs whose final test accuracy must agree: every stochastic compressor and
+# every attack
+ACCURACY_SPECS = {
+    "compressed_sgd_qsgd": {"name": "compressed_sgd", "lr": 0.1, "compressor": "qsgd"},
+    "compressed_sgd_natural": {"name": "compressed_sgd", "lr": 0.1, "compressor": "natural"},
+    # scaled Rand-K is unbiased, not contractive: plain compressed SGD (EF diverges with it)
+    "compressed_sgd_randk": {"name": "compressed_sgd", "lr": 0.1, "compressor": "randk:0.25", "error_feedback": False},
+    **{
+        f"robust_sgd_{a}": {
+            "name": "robust_sgd", "lr": 0.1, "aggregator": "cclip", "attack": a, "byzantine": [1, 6], "worker_momentum": 0.9,
+        }
+        for a in ("gaussian", "alie", "ipm", "sign_flip", "scaled_flip", "label_flip")
+    },
+}
+
+
+def make_algorithm(spec):
+    from distsgd.algorithms import ALGORITHMS
+
+    return ALGORITHMS.create(spec)
+
+
+def make_test_task():
+    from distsgd import make_task
+
+    return make_task("digits", n_workers=N_WORKERS, model="mlp", hidden=(16,), batch_size=8, seed=0)
+
+
+def train_many(rank, world, rdzv, specs, steps, out_path):
+    """Train every spec (name -> algorithm table) with 8 workers split over `world`
+    processes, one after the other in the same process group; rank 0 saves, per name, all
+    rows of x, the metrics and the traffic, or the error a run raised."""
+    from distsgd import train
     from distsgd.comm.torchdist import TorchDistCommunicator
+    from distsgd.errors import UserError
 
     _init(rank, world, rdzv)
     try:
-        task = make_task("digits", n_workers=8, model="mlp", hidden=(16,), batch_size=8, seed=0)
-        algo = make_algorithm(algo_name)
-        comm = TorchDistCommunicator(8)
-        res = train(task, algo, steps=20, eval_every=10, comm=comm, seed=3)
-        traffic = comm.traffic.summary()  # before the gather below adds its own traffic
-        x = comm.all_gather(res.state["x"])
+        task = make_test_task()
+        results = {}
+        for name, spec in specs.items():
+            comm = TorchDistCommunicator(N_WORKERS)
+            try:
+                res = train(task, make_algorithm(spec), steps=steps, eval_every=steps // 2, comm=comm, seed=3)
+            except UserError as e:  # e.g. an algorithm that refuses torch.distributed
+                results[name] = {"error": f"UserError: {e}"}
+                continue
+            traffic = comm.traffic.summary()  # before the gather below adds its own traffic
+            results[name] = {"x": comm.all_gather(res.state["x"]), "metrics": res.metrics, "traffic": traffic}
         if rank == 0:
-            torch.save({"x": x, "metrics": res.metrics, "traffic": traffic}, out_path)
+            torch.save(results, out_path)
     finally:
         _leave()
 

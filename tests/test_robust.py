@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import distsgd
 from distsgd import DPSGD, AllReduceSGD, make_topology, train
 from distsgd.algorithms import RobustGossip, RobustSGD
 from distsgd.robust import (
@@ -304,7 +305,10 @@ def test_robust_aggregation_survives_what_breaks_the_mean():
         )
         return train(task, algo, steps=60, eval_every=60).final
 
-    assert not run(Mean())["train_loss"] < 2.0  # diverged or far off
+    try:
+        assert not run(Mean())["train_loss"] < 2.0  # far off
+    except distsgd.errors.Diverged:
+        pass  # or diverged: the run stops at the first non-finite loss
     clean = train(task, RobustSGD(lr=0.2, aggregator="mean", worker_momentum=0), steps=60, eval_every=60).final["train_acc"]
     assert run(GeometricMedian(f=2))["train_acc"] > clean - 0.15
 

@@ -322,6 +322,11 @@ class _Loop:
         except Exception as e:
             msg = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
             raise UserError(f"{where}--resume: {path} is not a readable distsgd checkpoint ({msg})") from None
+        if isinstance(ck, dict) and "format" not in ck and {"step", "state"} <= set(ck):
+            raise UserError(
+                f"{where}--resume: {path} was written by an older distsgd (checkpoint format 1); "
+                f"this one reads version {CHECKPOINT_VERSION}: start the run anew"
+            )
         if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
             raise UserError(f"{where}--resume: {path} is not a distsgd checkpoint")
         if ck.get("version") != CHECKPOINT_VERSION:

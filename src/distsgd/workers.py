@@ -101,7 +101,9 @@ def not_vmappable(model: nn.Module, err: Exception, sample: torch.Tensor) -> Exc
 
 
 def _worker_seed(seed: int, worker: int) -> int:
-    return (seed * 1_000_003 + worker * 7_919 + 17) % (2**63 - 1)
+    from .rng import stream_seed
+
+    return stream_seed(seed, worker, "sampling")
 
 
 def refill_epochs(size: int, batch_size: int) -> int:

@@ -49,6 +49,7 @@ import networkx as nx
 import torch
 from pydantic import Field
 
+from .. import rng
 from ..errors import UserError
 from .base import ALGORITHMS, TopologyOption, options, seed_of
 
@@ -107,7 +108,7 @@ class ADPSGD:
             "clock": 0.0,
             "staleness": [],  # histogram: staleness[s] = gradients applied with staleness s
             "averagings": 0,
-            "rng": torch.Generator().manual_seed(seed_of(self)).get_state(),
+            "rng": rng.generator(seed_of(self), 0, "events").get_state(),  # the event simulation's one stream
             "t": 0,
         }
 

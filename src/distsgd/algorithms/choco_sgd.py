@@ -26,6 +26,7 @@ from typing import Annotated
 import torch
 from pydantic import Field
 
+from .. import rng
 from .base import ALGORITHMS, CompressorOption, TopologyOption, options, seed_of, sgd_direction
 
 
@@ -47,13 +48,13 @@ class ChocoSGD:
     def init(self, x0, comm):
         if self.topology.n != comm.n:
             raise ValueError(f"topology has {self.topology.n} nodes for {comm.n} workers")
-        gen = torch.Generator().manual_seed(seed_of(self) * 7919 + comm.start)
         return {
             "x": x0.clone(),
             "x_hat": torch.zeros_like(x0),  # public copies start at 0 (the paper's x̂⁰ = 0)
             "s": torch.zeros_like(x0),  # Σ_j w_ij x̂_j
             "momentum": None,
-            "rng": gen.get_state(),
+            "rng": rng.states(seed_of(self), comm.workers, "compress"),  # one stream per worker
+            "compressor": None,  # what the compressor carries between steps (PowerSGD's Q)
             "t": 0,
         }
 
@@ -63,10 +64,17 @@ class ChocoSGD:
             oracle(x), x, state["momentum"], self.momentum, self.weight_decay, self.nesterov
         )
         half = x.sub_(direction, alpha=self.lr)
-        gen = torch.Generator()
-        gen.set_state(state["rng"])
-        q = self.compressor.compress(half - state["x_hat"], gen)
+        gens = rng.load(state["rng"])
+        q, cstate = self.compressor.compress_with(half - state["x_hat"], gens, state["compressor"])
         x_hat = state["x_hat"].add_(self.compressor.decompress(q))
         s = state["s"].add_(comm.gossip_payload(q, self.topology, self.compressor.decompress))
         x = half.add_(s - x_hat, alpha=self.gamma)
-        return {"x": x, "x_hat": x_hat, "s": s, "momentum": buf, "rng": gen.get_state(), "t": state["t"] + 1}
+        return {
+            "x": x,
+            "x_hat": x_hat,
+            "s": s,
+            "momentum": buf,
+            "rng": rng.save(gens),
+            "compressor": cstate,
+            "t": state["t"] + 1,
+        }

@@ -24,6 +24,7 @@ from typing import Annotated, ClassVar, Literal
 import torch
 from pydantic import Field
 
+from .. import rng
 from ..compress.feedback import error_feedback
 from ..compress.quantize import Identity
 from .base import ALGORITHMS, CompressorOption, options, seed_of, sgd_direction
@@ -51,29 +52,38 @@ class CompressedSGD:
             "x": x0.clone(),
             "momentum": None,
             "error": torch.zeros_like(x0) if self.error_feedback else None,
-            "rng": torch.Generator().manual_seed(seed_of(self) * 7919 + comm.start).get_state(),
+            "rng": rng.states(seed_of(self), comm.workers, "compress"),  # one stream per worker
+            "rng_server": rng.states(seed_of(self), [rng.SERVER], "compress"),  # the downlink's
+            "compressor": None,  # what each compressor carries between steps (PowerSGD's Q)
+            "downlink": None,
             "t": 0,
         }
 
     def step(self, state, oracle, comm):
         x = state["x"]
-        g = torch.Generator()
-        g.set_state(state["rng"])
+        gens = rng.load(state["rng"])
         direction, buf = sgd_direction(
             oracle(x), x, state["momentum"], self.momentum, self.weight_decay, False
         )
-        payload, error = error_feedback(self.compressor, self.lr * direction, state["error"], g)
+        payload, error, cstate = error_feedback(self.compressor, self.lr * direction, state["error"], gens, state["compressor"])
+        rng_server, dstate = state["rng_server"], state["downlink"]
         if self.mode == "allgather":
             update = self.compressor.decompress(comm.all_gather_payload(payload)).mean(0, keepdim=True)
         else:
-            at_server = comm.gather_payload(payload)
-            avg = self.compressor.decompress(at_server).mean(0, keepdim=True)  # the server's mean
+            at_server = comm.gather_payload(payload)  # every process sees the server's rows ...
+            avg = self.compressor.decompress(at_server).mean(0, keepdim=True)  # ... and its mean
             down = self.downlink or Identity()
-            update = down.decompress(comm.broadcast_payload(down.compress(avg, g)))
+            server = rng.load(rng_server)  # the server's stream: every process draws it alike
+            message, dstate = down.compress_with(avg, server, dstate)
+            update = down.decompress(comm.broadcast_payload(message))
+            rng_server = rng.save(server)
         return {
             "x": x.sub_(update),
             "momentum": buf,
             "error": error,
-            "rng": g.get_state(),
+            "rng": rng.save(gens),
+            "rng_server": rng_server,
+            "compressor": cstate,
+            "downlink": dstate,
             "t": state["t"] + 1,
         }

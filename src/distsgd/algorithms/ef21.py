@@ -23,6 +23,7 @@ from typing import Annotated, ClassVar
 import torch
 from pydantic import Field
 
+from .. import rng
 from ..compress.base import Payload
 from .base import ALGORITHMS, CompressorOption, options, seed_of
 
@@ -67,7 +68,8 @@ class EF21:
             "g_i": None,
             "g": None,
             "t": 0,
-            "rng": torch.Generator().manual_seed(seed_of(self) * 7919 + comm.start).get_state(),
+            "rng": rng.states(seed_of(self), comm.workers, "compress"),  # one stream per worker
+            "compressor": None,  # what the compressor carries between steps (PowerSGD's Q)
         }
 
     def step(self, state, oracle, comm):
@@ -76,8 +78,8 @@ class EF21:
         grad = oracle(x)
         if w is not None:
             grad = grad / (comm.n * w)
-        gen = torch.Generator()
-        gen.set_state(state["rng"])
+        gens = rng.load(state["rng"])
+        cstate = state["compressor"]
         d = x.shape[1]
         if state["g_i"] is None:  # t = 0: g_i = ∇f_i(x⁰), uncompressed
             g_i = grad.clone()
@@ -85,7 +87,7 @@ class EF21:
             incoming = full.wire["values"]
         else:
             g_i = state["g_i"]
-            payload = self.compressor.compress(grad - g_i, gen)
+            payload, cstate = self.compressor.compress_with(grad - g_i, gens, cstate)
             c_i = self.compressor.decompress(payload)
             g_i = g_i + c_i
             incoming = self.compressor.decompress(comm.gather_payload(payload))
@@ -97,4 +99,4 @@ class EF21:
         g = delta if state["g"] is None else state["g"] + delta
         x_new = x - self.lr * g  # the server's step; every worker receives x^{t+1}
         comm.broadcast_payload(Payload({"x": x_new[:1].float()}, d))
-        return {"x": x_new, "g_i": g_i, "g": g, "t": state["t"] + 1, "rng": gen.get_state()}
+        return {"x": x_new, "g_i": g_i, "g": g, "t": state["t"] + 1, "rng": rng.save(gens), "compressor": cstate}

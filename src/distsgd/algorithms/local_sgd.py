@@ -24,6 +24,7 @@ from typing import Annotated
 import torch
 from pydantic import Field
 
+from .. import rng
 from ..compress.feedback import error_feedback
 from .base import ALGORITHMS, CompressorOption, options, seed_of, sgd_direction
 
@@ -49,7 +50,8 @@ class LocalSGD:
         if self.compressor is not None:
             state["anchor"] = x0[:1].clone()  # x̂: the last average, the same on every worker
             state["error"] = torch.zeros_like(x0) if self.error_feedback else None
-            state["rng"] = torch.Generator().manual_seed(seed_of(self) * 7919 + comm.start).get_state()
+            state["rng"] = rng.states(seed_of(self), comm.workers, "compress")  # one stream per worker
+            state["compressor"] = None  # what the compressor carries between calls (PowerSGD's Q)
         return state
 
     def step(self, state, oracle, comm):
@@ -71,10 +73,11 @@ class LocalSGD:
         return state
 
     def _compressed_average(self, state, x, comm):
-        g = torch.Generator()
-        g.set_state(state["rng"])
-        payload, state["error"] = error_feedback(self.compressor, x - state["anchor"], state["error"], g)
+        gens = rng.load(state["rng"])
+        payload, state["error"], state["compressor"] = error_feedback(
+            self.compressor, x - state["anchor"], state["error"], gens, state["compressor"]
+        )
         mean = self.compressor.decompress(comm.all_gather_payload(payload)).mean(0, keepdim=True)
         state["anchor"] = state["anchor"] + mean
-        state["rng"] = g.get_state()
+        state["rng"] = rng.save(gens)
         return state["anchor"].expand_as(x).clone()

@@ -28,6 +28,7 @@ from typing import Annotated, ClassVar, NamedTuple
 import torch
 from pydantic import Field
 
+from .. import rng
 from .base import ALGORITHMS, options, seed_of, sgd_direction
 
 
@@ -58,9 +59,10 @@ def _layout(shapes, rank: int, d: int) -> tuple[list[Matrix], list[tuple[int, in
     return matrices, dense
 
 
-def _random_q(matrices: list[Matrix], seed: int) -> torch.Tensor:
-    """Every matrix's Q [cols, r] ~ N(0, 1), flattened into one row [1, Σ cols·r]."""
-    g = torch.Generator().manual_seed(seed)
+def _random_q(matrices: list[Matrix], seed: int, step: int = 0) -> torch.Tensor:
+    """Every matrix's Q [cols, r] ~ N(0, 1), flattened into one row [1, Σ cols·r]: the same
+    on every worker (the "powersgd" stream, keyed by the step for a cold start)."""
+    g = rng.generator(seed, step, "powersgd")
     return torch.cat([torch.zeros(0)] + [torch.randn(a.cols * a.r, generator=g) for a in matrices]).unsqueeze(0)
 
 
@@ -119,7 +121,7 @@ class PowerSGD:
         if self.warm_start:
             q_all = state["q"]
         else:
-            q_all = _random_q(matrices, seed_of(self) * 1_000_003 + state["t"]).to(grad.device)
+            q_all = _random_q(matrices, seed_of(self), state["t"]).to(grad.device)
 
         def mat(a: Matrix) -> torch.Tensor:  # worker i's M_i [m, rows, cols]
             return delta[:, a.off : a.off + a.numel].view(m, a.rows, a.cols)

@@ -21,6 +21,9 @@ row, computed on the half-step models), and replaces its model by
     rule = "clipped":  x_i ← Σ_j W_ij (x_i^{½} + clip(x_j^{½} − x_i^{½}, τ))     (W: the mixing matrix)
     rule = an aggregator:  x_i ← Agg({x_j^{½} : j ∈ N(i) ∪ {i}})
 
+where each worker's aggregator keeps its own state from step to step (centered
+clipping's centre, BGMD's memory) in the algorithm state, so checkpoints carry it.
+
 Byzantine workers follow the protocol for their own model; only what they send is
 attacked. Which workers are Byzantine is fixed (seeded, see `pick_byzantine`) and recorded
 in the run summary.
@@ -63,6 +66,15 @@ def _bind_common(algo, n: int, **rules) -> dict:
         if spec is not None and not isinstance(spec, Aggregator):
             out[key] = make_aggregator(spec, f, seed=seed_of(algo))
     return out
+
+
+def _from_own_model(agg_state, row):
+    """A gossip worker's aggregator state at t = 0: a rule that starts from its previous
+    aggregate (centered clipping's centre, at 0 for a server's gradients) starts from the
+    worker's own initial model, which is what its previous aggregate stands for in gossip."""
+    if isinstance(agg_state, dict):
+        return {k: row.clone() if k == "center" else _from_own_model(v, row) for k, v in agg_state.items()}
+    return agg_state
 
 
 def _worker_message(algo, state, oracle, x):
@@ -201,9 +213,13 @@ class RobustGossip:
 
     def init(self, x0, comm):
         self.validate(comm.n)
+        d = x0.shape[1]
         return {
             "x": x0.clone(),
             "worker_momentum": torch.zeros_like(x0) if self.worker_momentum else None,
+            # each local worker's own aggregator state over its neighbourhood (centered
+            # clipping's centre, BGMD's memory), carried from step to step and checkpointed
+            "aggregator": None if isinstance(self.rule, str) else [_from_own_model(self.rule.init(d), x0[k]) for k in range(comm.m)],
             "t": 0,
         }
 
@@ -217,6 +233,7 @@ class RobustGossip:
             sent = sent.clone()
             sent[byz] = self.attack(sent, byz, state["t"])
         lo = comm.start
+        agg_states = state["aggregator"]
         if isinstance(self.rule, str):
             i, j = self._local_edges(lo, lo + comm.m)
             diff = sent[j] - honest[i]  # [edges, d]: x_j − x_i, the self-edge gives 0
@@ -225,10 +242,16 @@ class RobustGossip:
             weight = self.topology.mixing[i, j].to(x.dtype).unsqueeze(1) * (self.tau / norm).clamp(max=1)
             new = half.index_add(0, i - lo, diff * weight)  # Σ_j W_ij = 1
         else:
-            new = torch.empty_like(half)
+            new, agg_states = torch.empty_like(half), list(agg_states)
             for node in comm.workers:
                 nb = self.neighbourhoods[node]
                 rows = sent[nb].clone()
                 rows[nb == node] = honest[node]  # its own honest half-step, not what it sent
-                new[node - lo] = self.rule.aggregate(rows)
-        return {"x": new, "worker_momentum": state["worker_momentum"], "t": state["t"] + 1}
+                v, agg_states[node - lo] = self.rule(rows, agg_states[node - lo])  # functional
+                new[node - lo] = v
+        return {
+            "x": new,
+            "worker_momentum": state["worker_momentum"],
+            "aggregator": agg_states,
+            "t": state["t"] + 1,
+        }

@@ -5,6 +5,14 @@ the tensors that would really be sent (packed bits, indices, values, seeds, norm
 row per worker, and back. `Payload.nbytes_per_worker` is the exact size of one worker's
 message, computed from those tensors, never from a formula; the communicator counts it.
 
+Randomness: `compress(x, generator)` takes one generator per local worker (a list, row i
+drawn from generator i: each worker's own stream of `distsgd.rng`, so any split of the
+workers over processes draws the same numbers), one generator for every row, or None
+(torch's global one). State: a compressor object holds options only; one that carries
+something between calls (PowerSGD's warm-start Q) takes it in and gives it back through
+`compress_with(x, generator, state) -> (payload, state)`, and the algorithm keeps it in
+its own (checkpointed) state.
+
 Laws each compressor states in its docstring and the tests check:
 - contractive (biased) C: ‖C(x) − x‖² ≤ (1 − δ)‖x‖² for some δ ∈ (0, 1];
 - unbiased C: E[C(x)] = x with E‖C(x) − x‖² ≤ ω‖x‖².
@@ -16,6 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from ..rng import Generators
 
 
 @dataclass
@@ -36,7 +46,9 @@ class Payload:
 
 
 class Compressor:
-    """compress(x[m, d]) -> Payload; decompress(Payload) -> [m, d] (float32)."""
+    """compress(x[m, d], generator) -> Payload; decompress(Payload) -> [m, d] (float32).
+
+    `generator`: a list of m generators (row i from generator i), one generator, or None."""
 
     name = "compressor"
     unbiased = False
@@ -50,13 +62,19 @@ class Compressor:
     def __hash__(self) -> int:
         return hash(self._key())
 
-    def compress(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Payload:
+    def compress(self, x: torch.Tensor, generator: Generators = None) -> Payload:
         raise NotImplementedError
+
+    def compress_with(self, x: torch.Tensor, generator: Generators = None, state=None) -> tuple[Payload, object]:
+        """`compress` from the state the previous call returned (None: a fresh start), and the
+        new state, for the caller to keep (tensors, lists and dicts only, so checkpoints hold
+        it). Stateless compressors return the state they were given."""
+        return self.compress(x, generator), state
 
     def decompress(self, p: Payload) -> torch.Tensor:
         raise NotImplementedError
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: Generators = None) -> torch.Tensor:
         return self.decompress(self.compress(x, generator))
 
 

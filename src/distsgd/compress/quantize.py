@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..rng import rand
 from .base import Compressor, Payload, bits_for, pack_bits, pack_uint, unpack_bits, unpack_uint
 
 
@@ -87,7 +88,7 @@ class QSGD(Compressor):
         xb = torch.nn.functional.pad(x.float(), (0, pad)).view(m, -1, b)
         norms = xb.norm(dim=2, keepdim=True)
         safe = torch.where(norms > 0, norms, torch.ones_like(norms))
-        u = torch.rand(xb.shape, generator=generator, device=x.device)
+        u = rand(generator, xb.shape, device=x.device)  # row i from worker i's generator
         level = torch.floor(xb.abs() / safe * self.levels + u).clamp_(max=self.levels)
         level = level.view(m, -1)[:, :d].to(torch.uint8)
         wire = {"norms": norms.view(m, -1), "signs": pack_bits(x >= 0), "levels": pack_uint(level, self.bits)}
@@ -116,7 +117,7 @@ class Natural(Compressor):
         mant, exp = torch.frexp(a)  # a = mant · 2^exp, mant ∈ [0.5, 1)
         low = exp - 1  # a ∈ [2^low, 2^(low+1))
         p_up = (a / torch.ldexp(torch.ones_like(a), low)) - 1.0  # (a − 2^low) / 2^low
-        up = torch.rand(a.shape, generator=generator, device=x.device) < p_up
+        up = rand(generator, a.shape, device=x.device) < p_up
         e = (low + up.to(low.dtype)).clamp(-127, 127)
         e = torch.where(a > 0, e, torch.full_like(e, self._ZERO)).to(torch.int8)
         return Payload({"signs": pack_bits(x >= 0), "exponents": e}, x.shape[1])

@@ -17,6 +17,7 @@ import math
 
 import torch
 
+from ..rng import randint
 from .base import Compressor, Payload, pack_bits, unpack_bits
 
 
@@ -90,7 +91,7 @@ class RandK(Compressor):
     def compress(self, x, generator=None):
         m, d = x.shape
         k = _k_of(d, self.k, self.ratio)
-        seeds = torch.randint(0, 2**62, (m,), generator=generator, dtype=torch.int64)
+        seeds = randint(generator, 2**62, (m,))  # row i from worker i's generator
         scale = d / k if self.scaled else 1.0
         values = torch.stack([x[i, sample_indices(d, k, int(seeds[i]))] for i in range(m)]) * scale
         return Payload({"seed": seeds.unsqueeze(1), "values": values}, d, {"k": k})

@@ -385,7 +385,9 @@ class Bucketing(Aggregator):
 
     def __call__(self, g, state):
         n = g.shape[0]
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + state["t"])
+        from ..rng import generator
+
+        gen = generator(self.seed, state["t"], "bucketing")
         perm = torch.randperm(n, generator=gen)
         means = torch.stack([g[perm[i : i + self.s]].mean(0) for i in range(0, n, self.s)])
         v, inner = self.inner(means, state["inner"])

@@ -7,7 +7,9 @@ of the true messages of all n workers.
 
 - `sign_flip`:   −g_i (the ICLR 2019 signSGD adversary; Allen-Zhu et al. 2021)
 - `scaled_flip`: −c·g_i, the "scaled bit flip" of the BGMD paper (c = 100 there)
-- `gaussian`:    g_i + N(0, σ_n² I) (BGMD: additive N(0, 100), σ_n = 10)
+- `gaussian`:    g_i + N(0, σ_n² I) (BGMD: additive N(0, 100), σ_n = 10); the noise of
+                 step t comes from stream (seed, t, "attack") of `distsgd.rng`, which every
+                 process draws alike (each sees all n messages)
 - `alie`:        μ − z·σ, "A Little Is Enough" (Baruch, Baruch, Goldberg, NeurIPS 2019):
                  s = ⌊n/2 + 1⌋ − f workers must be won over, z = Φ⁻¹((n − s)/n)
 - `ipm`:         −ε·μ, inner product manipulation (Xie, Koyejo, Gupta, UAI 2020), ε = 0.1
@@ -28,6 +30,7 @@ from statistics import NormalDist
 
 import torch
 
+from ..rng import generator
 from .aggregators import Aggregator
 
 ATTACKS = ("none", "sign_flip", "scaled_flip", "gaussian", "alie", "ipm", "label_flip", "adaptive")
@@ -72,7 +75,7 @@ class Attack:
         if k == "scaled_flip":
             return -(self.scale if self.scale is not None else 100.0) * own
         if k == "gaussian":
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + t)
+            gen = generator(self.seed, t, "attack")  # (seed, step): the same on every process
             sigma = self.scale if self.scale is not None else 10.0
             return own + sigma * torch.randn(own.shape, generator=gen, dtype=own.dtype)
         mu, sd = g.mean(0), g.std(0, correction=0)

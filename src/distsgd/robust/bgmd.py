@@ -47,6 +47,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..rng import generator
 from .aggregators import Aggregator, _honest_majority, geometric_median
 
 
@@ -88,7 +89,7 @@ class BGMD(Aggregator):
         """The k coordinates of this step, ascending, from the column norms² `scores`."""
         if self.selection == "topk" or k == scores.numel():
             return top_k_indices(scores, k)
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + t)
+        gen = generator(self.seed, t, "bgmd")  # (seed, step): the same on every process
         e = torch.rand(scores.shape, generator=gen).clamp_(min=1e-30).log_().neg_()  # E_j ~ Exp(1)
         return top_k_indices(scores / e, k)  # s_j / E_j: ordered as log s_j + Gumbel(0, 1)
 
