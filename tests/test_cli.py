@@ -121,7 +121,7 @@ def test_n_not_divisible_by_the_world_size(tmp_path):
         timeout=120,
     )
     assert p.returncode == 2
-    assert p.stderr.strip() == "distsgd: error: n_workers=6 is not divisible by the world size 4"
+    assert p.stderr.strip() == "distsgd: error: rank 0: n_workers=6 is not divisible by the world size 4"
 
 
 def test_run_resume_and_plot(tmp_path, capsys):
