@@ -257,16 +257,16 @@ def main(argv: list[str] | None = None) -> int:
         code = args.func(args)
     except DistsgdError as e:
         msg = str(e)
-        print(f"distsgd: {e.label}: {'' if msg.startswith('rank ') else _rank_prefix()}{msg}", file=sys.stderr)
+        _say(f"distsgd: {e.label}: {'' if msg.startswith('rank ') else _rank_prefix()}{msg}")
         code = e.exit_code
     except KeyboardInterrupt:
-        print(f"distsgd: {_rank_prefix()}interrupted", file=sys.stderr)
+        _say(f"distsgd: {_rank_prefix()}interrupted")
         code = 130
     except Exception as e:
         if not distributed or not _is_peer_failure(e):
             raise
         why = re.sub(r"^\[[^\]]*\]\s*", "", _one_line(e)).split(". This is")[0]  # gloo's source location, advice
-        print(f"distsgd: error: {_rank_prefix()}lost contact with another rank ({why})", file=sys.stderr)
+        _say(f"distsgd: error: {_rank_prefix()}lost contact with another rank ({why})")
         code = Fault.exit_code
     if distributed and argv is None:
         # The process group is closed (or abandoned). Skip interpreter teardown: a C++
@@ -277,6 +277,12 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def _say(line: str) -> None:
+    """One line to stderr in one write (ranks failing together must not interleave)."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def _is_peer_failure(e: Exception) -> bool:

@@ -24,6 +24,8 @@ import math
 import os
 import re
 import time
+import warnings
+import zipfile
 from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from pathlib import Path
 
@@ -212,6 +214,7 @@ class _Loop:
         self.state = algorithm.init(self.workers.x0(), comm)
         self.metrics: list[dict] = []
         self.start_step, self.wall_offset = 0, 0.0
+        self.saved_step: int | None = None  # the step of the checkpoint on disk, if any
         self.loss_sum = torch.zeros(comm.m, dtype=torch.float64)
         self.loss_count = torch.zeros(comm.m, dtype=torch.float64)
         self.t0 = time.perf_counter()
@@ -297,6 +300,8 @@ class _Loop:
             "version": CHECKPOINT_VERSION,
             "identity": identity,
             "fingerprint": _fingerprint(identity),
+            "start": self.comm.start,  # which workers this file holds
+            "m": self.comm.m,
             "step": step,
             "n": self.task.n,
             "d": self.workers.d,
@@ -317,10 +322,16 @@ class _Loop:
         where = f"rank {rank}: " if self.comm.m != self.comm.n else ""
         if path is None or not path.exists():
             raise UserError(f"{where}--resume: no checkpoint {path.name if path else ''} in {out}")
+        damaged = _damaged_entry(path)
+        if damaged is not None:
+            raise UserError(f"{where}--resume: {path} is damaged ({damaged})")
         try:
-            ck = torch.load(path, weights_only=True)
+            with warnings.catch_warnings():  # torch warns about old pickles before refusing them
+                warnings.simplefilter("ignore")
+                ck = torch.load(path, weights_only=True)
         except Exception as e:
-            msg = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+            text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+            msg = text.splitlines()[0][:160] if text else type(e).__name__
             raise UserError(f"{where}--resume: {path} is not a readable distsgd checkpoint ({msg})") from None
         if isinstance(ck, dict) and "format" not in ck and {"step", "state"} <= set(ck):
             raise UserError(
@@ -335,17 +346,26 @@ class _Loop:
                 f"this distsgd reads version {CHECKPOINT_VERSION}"
             )
         if ck.get("fingerprint") != _fingerprint(identity):
-            theirs = ck.get("identity") or {}
-            differ = sorted(k for k in set(theirs) | set(identity) if theirs.get(k) != identity.get(k))
+            differ = _differences(ck.get("identity") or {}, identity) or ["its identity"]
+            shown = ", ".join(differ[:6]) + (f" and {len(differ) - 6} more" if len(differ) > 6 else "")
             raise UserError(
-                f"{where}--resume: {path} is from a different run: {', '.join(differ) or 'the identity'} "
-                "differ (only steps, eval_every and checkpoint_every may change)"
+                f"{where}--resume: {path} is from a different run: {shown} "
+                f"{'differs' if len(differ) == 1 else 'differ'} (only steps, eval_every and checkpoint_every may change)"
+            )
+        if (ck.get("start"), ck.get("m")) != (self.comm.start, self.comm.m):
+            def rank_of(start, m):
+                return f"rank {start // m} (workers {start}–{start + m - 1})" if m else "no rank"
+
+            raise UserError(
+                f"{where}--resume: {path} holds the workers of {rank_of(ck.get('start') or 0, ck.get('m') or 0)}, "
+                f"this process is {rank_of(self.comm.start, self.comm.m)}"
             )
         try:
             self.state = ck["state"]
             self.workers.load_state_dict(ck["workers"])
             self.comm.load_state_dict(ck["comm"])
             self.start_step, self.wall_offset = ck["step"], ck["wall_seconds"]
+            self.saved_step = self.start_step
             self.loss_sum, self.loss_count = ck["loss_sum"], ck["loss_count"]
         except (KeyError, TypeError, RuntimeError, ValueError) as e:
             raise UserError(f"{where}--resume: {path} is damaged ({type(e).__name__}: {e})") from None
@@ -357,6 +377,29 @@ class _Loop:
                 except json.JSONDecodeError:
                     break  # a line cut short by a crash: the rows before it are kept
             self.metrics = [r for r in rows if isinstance(r, dict) and r.get("step", math.inf) <= self.start_step]
+
+
+def _damaged_entry(path: Path) -> str | None:
+    """A checkpoint is a zip archive: the first entry whose CRC-32 does not match, if any
+    (torch.load does not check them, so a flipped byte would load silently)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except zipfile.BadZipFile:
+        return None  # not a zip at all: torch.load says what it is
+    except (OSError, EOFError, RuntimeError, ValueError) as e:
+        return f"{type(e).__name__}: {e}"
+    return f"the checksum of {bad} does not match" if bad is not None else None
+
+
+def _differences(theirs, ours, prefix: str = "") -> list[str]:
+    """Dotted paths where two identities differ (algorithm.lr, task.partition, ...)."""
+    if isinstance(theirs, dict) and isinstance(ours, dict):
+        out = []
+        for k in sorted(set(theirs) | set(ours)):
+            out += _differences(theirs.get(k), ours.get(k), f"{prefix}{k}.")
+        return out
+    return [prefix.rstrip(".")] if theirs != ours else []
 
 
 def _fingerprint(identity: dict) -> str:
@@ -406,6 +449,20 @@ def _agree(comm: Communicator, fn, *args) -> None:
         raise err
     if bad:
         raise Fault(f"rank {rank}: stopping because rank {bad[0]} failed")
+
+
+def _same_step(comm: Communicator, step: int) -> None:
+    """Every process resumed from the same step (a rank that died before writing its
+    newest checkpoint leaves an older one: its collectives would not pair up)."""
+    if comm.m == comm.n:
+        return
+    world, rank = comm.n // comm.m, comm.start // comm.m
+    rows = torch.zeros(comm.m, world, dtype=torch.float64)
+    rows[0, rank] = float(step)
+    steps = [int(round(float(v))) for v in comm.average(rows) * comm.n]
+    if len(set(steps)) > 1:
+        listed = ", ".join(f"rank {r}: step {s}" for r, s in enumerate(steps))
+        raise UserError(f"rank {rank}: --resume: the ranks' checkpoints are from different steps ({listed})")
 
 
 def _write_metrics(out: Path, metrics: list[dict]) -> None:
@@ -485,6 +542,7 @@ def train(
         _make_run_dir(out)
     if resume:
         _agree(comm, loop.resume, ckpt_path, out, identity, writer)
+        _same_step(comm, loop.start_step)
     if writer and out is not None:
         _write_metrics(out, loop.metrics)
     last = min(steps, stop_after) if stop_after is not None else steps
@@ -507,9 +565,7 @@ def train(
                 loop.metrics.append(row)
                 if writer and out is not None:
                     _write_metrics(out, loop.metrics)
-                kept = f"; the checkpoint of step {step - step % checkpoint_every} is kept" if (
-                    ckpt_path is not None and checkpoint_every and step >= checkpoint_every
-                ) else ""
+                kept = f"; the checkpoint of step {loop.saved_step} is kept" if loop.saved_step is not None else ""
                 raise Diverged(
                     f"step {step}: {why}{kept} (lower the learning rate, add warmup or clip the gradients)"
                 )
@@ -524,6 +580,7 @@ def train(
                 bar.update(step)
             if saving:
                 _atomic_save(loop.checkpoint(step, name, identity), ckpt_path)
+                loop.saved_step = step
     finally:
         bar.close()
 
