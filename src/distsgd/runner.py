@@ -536,7 +536,10 @@ def train(
     name = name or getattr(algorithm, "name", "run")
     out = Path(run_dir) if run_dir is not None else None
     ckpt_path = _checkpoint_path(out, comm)
-    loop = _Loop(task, algorithm, comm, seed, compile, buffer_policy(algorithm, buffers))
+    try:
+        loop = _Loop(task, algorithm, comm, seed, compile, buffer_policy(algorithm, buffers))
+    except ValueError as e:  # the algorithm refuses this setup (e.g. its topology does not fit n)
+        raise UserError(f"algorithm: {e}") from None
     identity = run_identity(task, algorithm, seed, comm.network, loop.policy, lr_schedule, loop.workers.d)
     if out is not None:
         _make_run_dir(out)
