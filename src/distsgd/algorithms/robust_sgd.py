@@ -86,16 +86,12 @@ def _worker_message(algo, state, oracle, x):
     return state["worker_momentum"].mul_(algo.worker_momentum).add_(g, alpha=1 - algo.worker_momentum)
 
 
-@ALGORITHMS.register(paper="Blanchard et al. 2017; Karimireddy, He, Jaggi, ICML 2021")
 @options
-class RobustSGD:
-    """Byzantine-robust SGD: a server aggregates the workers' momenta with a robust rule."""
-
-    buffer_policy: ClassVar[str] = "average"  # every worker holds the same model
+class _Byzantine:
+    """The options every Byzantine-robust algorithm shares: the step, who is Byzantine and
+    what they send, the workers' momentum."""
 
     lr: Annotated[float, Field(gt=0, description="step size γ")]
-    aggregator: Annotated[Aggregator | str | dict, Field(description="robust rule: mean, median, trimmed_mean, krum, multikrum, geomed, cclip, bgmd, vote (a table adds options, nnm, bucket)")] = "geomed"
-    momentum: Annotated[float, Field(ge=0, lt=1, description="μ, heavy-ball on the aggregate at the server")] = 0.0
     attack: Annotated[Attack | str | dict, Field(description="what the Byzantine workers send: none, sign_flip, scaled_flip, gaussian, alie, ipm, label_flip, adaptive (\"alie:1.5\" sets the scale)")] = "none"
     f: Annotated[int, Field(ge=0, description="number of Byzantine workers, drawn with byzantine_seed (ignored when byzantine is given)")] = 0
     byzantine: Annotated[tuple[int, ...] | None, Field(description="the Byzantine worker ids (default: f drawn at random)")] = None
@@ -104,6 +100,17 @@ class RobustSGD:
     weight_decay: Annotated[float, Field(ge=0, description="L2 weight decay λ")] = 0.0
     check: Annotated[bool, Field(description="refuse an (n, f) outside the rule's guarantee")] = True
     seed: Annotated[int | None, Field(ge=0, description="seed of the attack and of randomized rules (default: the run's)")] = None
+
+
+@ALGORITHMS.register(paper="Blanchard et al. 2017; Karimireddy, He, Jaggi, ICML 2021")
+@options
+class RobustSGD(_Byzantine):
+    """Byzantine-robust SGD: a server aggregates the workers' momenta with a robust rule."""
+
+    buffer_policy: ClassVar[str] = "average"  # every worker holds the same model
+
+    aggregator: Annotated[Aggregator | str | dict, Field(description="robust rule: mean, median, trimmed_mean, krum, multikrum, geomed, cclip, bgmd, vote (a table adds options, nnm, bucket)")] = "geomed"
+    momentum: Annotated[float, Field(ge=0, lt=1, description="μ, heavy-ball on the aggregate at the server")] = 0.0
     name: str = "robust_sgd"
 
     def bind(self, n: int):
@@ -155,21 +162,12 @@ class RobustSGD:
 
 @ALGORITHMS.register(paper="He, Karimireddy, Jaggi, ClippedGossip, 2022")
 @options
-class RobustGossip:
+class RobustGossip(_Byzantine):
     """Byzantine-robust gossip: ClippedGossip, or a robust rule over each neighbourhood."""
 
-    lr: Annotated[float, Field(gt=0, description="step size γ")]
     topology: Annotated[TopologyOption, Field(description="gossip graph: a name (ring, torus, exponential, ...), \"random_regular:4\" or a table with mixing")] = "ring"
     rule: Annotated[Aggregator | str | dict, Field(description="clipped (ClippedGossip) or an aggregator spec applied per neighbourhood")] = "clipped"
     tau: Annotated[float, Field(gt=0, description="clipping radius τ of ClippedGossip")] = 1.0
-    attack: Annotated[Attack | str | dict, Field(description="what the Byzantine workers send: none, sign_flip, scaled_flip, gaussian, alie, ipm, label_flip, adaptive (\"alie:1.5\" sets the scale)")] = "none"
-    f: Annotated[int, Field(ge=0, description="number of Byzantine workers, drawn with byzantine_seed (ignored when byzantine is given)")] = 0
-    byzantine: Annotated[tuple[int, ...] | None, Field(description="the Byzantine worker ids (default: f drawn at random)")] = None
-    byzantine_seed: Annotated[int, Field(ge=0, description="seed of the draw of the Byzantine workers")] = 0
-    worker_momentum: Annotated[float, Field(ge=0, lt=1, description="β of the workers' momentum (Karimireddy et al. 2021)")] = 0.9
-    weight_decay: Annotated[float, Field(ge=0, description="L2 weight decay λ")] = 0.0
-    check: Annotated[bool, Field(description="refuse an (n, f) outside the rule's guarantee")] = True
-    seed: Annotated[int | None, Field(ge=0, description="seed of the attack and of randomized rules (default: the run's)")] = None
     name: str = "robust_gossip"
 
     def bind(self, n: int):
