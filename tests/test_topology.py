@@ -97,3 +97,27 @@ def test_exponential_graph_degree():
     g = build_graph("exponential", 16)
     # hops 1, 2, 4, 8 in both directions; 8 is its own mirror
     assert all(d == 7 for _, d in g.degree())
+
+
+def test_a_registered_graph_builder_is_a_topology_everywhere():
+    """Adding a topology is one registration: specs, algorithms and the listing see it."""
+    import networkx as nx
+
+    import distsgd
+    from distsgd.topology import GRAPHS, TOPOLOGIES, TopologySpec
+
+    @GRAPHS.register("wheel_test", shorthand="degree")
+    def wheel_test(n: int, degree: int = 4) -> nx.Graph:
+        """a hub joined to a ring."""
+        return nx.wheel_graph(n)
+
+    try:
+        assert "wheel_test" in TOPOLOGIES
+        topo = TopologySpec.parse("wheel_test:3").build(8)
+        assert topo.graph.number_of_edges() == 14 and topo.n == 8
+        task = distsgd.make_task("digits", n_workers=8, model="linear", batch_size=8)
+        r = distsgd.train(task, distsgd.DPSGD(lr=0.1, topology="wheel_test"), steps=3)
+        assert r.summary["algorithm"]["topology"]["topology"] == "wheel_test"
+    finally:
+        GRAPHS.unregister("wheel_test")
+    assert "wheel_test" not in TOPOLOGIES

@@ -313,9 +313,15 @@ def _wrapper_options() -> list[Row]:
     return rows
 
 
+def _topology_shorthands() -> dict[str, str]:
+    from .topology import GRAPHS
+
+    return {e.name: e.shorthand for e in GRAPHS.entries() if e.shorthand}
+
+
 def _shorthands() -> list[tuple[str, list[tuple[str, str]]]]:
     """(kind, [(entry names, option)]) for every entry with a 'name:value' shorthand."""
-    from .topology import _SHORTHAND
+    from .topology import GRAPHS
 
     out = []
     for title, reg in _registries():
@@ -328,7 +334,7 @@ def _shorthands() -> list[tuple[str, list[tuple[str, str]]]]:
             out.append((title, [(f"every {reg.kind}", next(iter(by_option)))]))
         elif by_option:
             out.append((title, [(", ".join(names), opt) for opt, names in by_option.items()]))
-    out.append(("topologies", [(name, opt) for name, opt in _SHORTHAND.items()]))
+    out.append(("topologies", [(e.name, e.shorthand) for e in GRAPHS.entries() if e.shorthand]))
     return out
 
 
@@ -340,10 +346,11 @@ def _python_name(entry: Entry) -> str:
 
 
 def _graphs_doc() -> str:
-    from .topology import build_graph
+    """Every registered graph builder with its one-line summary."""
+    from .topology import GRAPHS
 
-    paras = inspect.cleandoc(build_graph.__doc__ or "").split("\n\n")
-    return _collapse(paras[1]) if len(paras) > 1 else ""
+    parts = [f"{e.name} ({_collapse(e.summary).rstrip('.')})" for e in GRAPHS.entries()]
+    return "; ".join(parts) + ". A graph that is not connected, or that does not fit n, is a UserError."
 
 
 def _shared(reg: Registry) -> bool:
@@ -424,7 +431,7 @@ def _registry_text(title: str, reg: Registry, width: int, only: str | None = Non
 
 
 def _topology_text(width: int) -> list[str]:
-    from .topology import _SHORTHAND
+    _SHORTHAND = _topology_shorthands()
 
     lines = ["TOPOLOGIES", ""]
     lines += _wrap(_graphs_doc(), width, 2)
@@ -576,7 +583,7 @@ def render_markdown() -> str:
                 "",
                 *_md_options(_wrapper_options()),
             ]
-    from .topology import _SHORTHAND
+    _SHORTHAND = _topology_shorthands()
 
     md += [
         "",

@@ -18,7 +18,9 @@ Graphs come from networkx; the weights are ours:
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -27,17 +29,22 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .registry import Registry
 
-TOPOLOGIES = (
-    "ring",
-    "torus",
-    "complete",
-    "star",
-    "hypercube",
-    "exponential",
-    "random_regular",
-    "erdos_renyi",
-)
+GRAPHS = Registry("topology")  # name -> graph builder(n, ...): register one to add a topology
+
+
+class _Names(Sequence):
+    """The registered topology names, always current (a topology registered later is in it)."""
+
+    def __getitem__(self, i):
+        return GRAPHS.names()[i]
+
+    def __len__(self) -> int:
+        return len(GRAPHS.names())
+
+
+TOPOLOGIES = _Names()
 MIXINGS = ("metropolis", "uniform")
 
 
@@ -66,64 +73,92 @@ def build_graph(
     rows: int | None = None,
     seed: int = 0,
 ) -> nx.Graph:
-    """The undirected communication graph `name` on nodes 0..n-1 (worker ids).
-
-    ring (n ≥ 3), torus (R×C with R, C ≥ 3, R·C = n; `rows` picks R), complete, star (node 0
-    the hub), hypercube (n a power of two), exponential (i ~ i ± 2^k mod n, k = 0..⌊log₂(n−1)⌋,
-    the undirected version of the exponential graph of Assran et al. 2019), random_regular
-    (`degree`, seeded), erdos_renyi (edge probability `p`, seeded). A graph that is not
-    connected, or that does not fit n, is a UserError.
-    """
+    """The undirected communication graph `name` (a registered builder) on nodes 0..n-1
+    (worker ids). A graph that is not connected, or that does not fit n, is a UserError."""
     if n < 1:
         raise UserError(f"topology {name}: n must be >= 1, got {n}")
-    if name not in TOPOLOGIES:
-        raise UserError(f"unknown topology '{name}' (choose from {', '.join(TOPOLOGIES)})")
+    builder = GRAPHS.entry(name).factory
     if n == 1:
-        g = nx.empty_graph(1)
-        return g
-    if name == "ring":
-        if n < 3:
-            raise UserError(f"topology ring needs n >= 3 workers, got n={n}")
-        g = nx.cycle_graph(n)
-    elif name == "torus":
-        r, c = _torus_shape(n, rows)
-        g = nx.convert_node_labels_to_integers(nx.grid_2d_graph(r, c, periodic=True), ordering="sorted")
-    elif name == "complete":
-        g = nx.complete_graph(n)
-    elif name == "star":
-        g = nx.star_graph(n - 1)
-    elif name == "hypercube":
-        k = n.bit_length() - 1
-        if 1 << k != n:
-            raise UserError(f"topology hypercube needs n a power of two, got n={n}")
-        g = nx.convert_node_labels_to_integers(nx.hypercube_graph(k), ordering="sorted")
-    elif name == "exponential":
-        g = nx.Graph()
-        g.add_nodes_from(range(n))
-        hop = 1
-        while hop < n:
-            for i in range(n):
-                j = (i + hop) % n
-                if j != i:
-                    g.add_edge(i, j)
-            hop *= 2
-    elif name == "random_regular":
-        if not 1 <= degree < n or (n * degree) % 2:
-            raise UserError(
-                f"topology random_regular: degree={degree} does not fit n={n} "
-                "(need 1 <= degree < n and n*degree even)"
-            )
-        g = nx.random_regular_graph(degree, n, seed=seed)
-    else:  # erdos_renyi
-        if not 0.0 < p <= 1.0:
-            raise UserError(f"topology erdos_renyi: p must be in (0, 1], got {p}")
-        g = nx.gnp_random_graph(n, p, seed=seed)
+        return nx.empty_graph(1)
+    given = {"degree": degree, "p": p, "rows": rows, "seed": seed}
+    accepted = inspect.signature(builder).parameters
+    g = builder(n, **{k: v for k, v in given.items() if k in accepted})
     if not nx.is_connected(g):
         raise UserError(
             f"topology {name} with n={n} is not connected; gossip cannot reach consensus "
             "(raise the degree or p, or change the seed)"
         )
     return g
+
+
+@GRAPHS.register("ring")
+def ring(n: int) -> nx.Graph:
+    """i ~ i ± 1 mod n, n ≥ 3."""
+    if n < 3:
+        raise UserError(f"topology ring needs n >= 3 workers, got n={n}")
+    return nx.cycle_graph(n)
+
+
+@GRAPHS.register("torus", shorthand="rows")
+def torus(n: int, rows: int | None = None) -> nx.Graph:
+    """2D torus R×C with R, C ≥ 3 and R·C = n; `rows` picks R."""
+    r, c = _torus_shape(n, rows)
+    return nx.convert_node_labels_to_integers(nx.grid_2d_graph(r, c, periodic=True), ordering="sorted")
+
+
+@GRAPHS.register("complete")
+def complete(n: int) -> nx.Graph:
+    """every worker is every other's neighbour."""
+    return nx.complete_graph(n)
+
+
+@GRAPHS.register("star")
+def star(n: int) -> nx.Graph:
+    """node 0 is the hub."""
+    return nx.star_graph(n - 1)
+
+
+@GRAPHS.register("hypercube")
+def hypercube(n: int) -> nx.Graph:
+    """n a power of two."""
+    k = n.bit_length() - 1
+    if 1 << k != n:
+        raise UserError(f"topology hypercube needs n a power of two, got n={n}")
+    return nx.convert_node_labels_to_integers(nx.hypercube_graph(k), ordering="sorted")
+
+
+@GRAPHS.register("exponential")
+def exponential(n: int) -> nx.Graph:
+    """i ~ i ± 2^k mod n, k = 0..⌊log₂(n−1)⌋: the undirected exponential graph of Assran et al. 2019."""
+    g = nx.Graph()
+    g.add_nodes_from(range(n))
+    hop = 1
+    while hop < n:
+        for i in range(n):
+            j = (i + hop) % n
+            if j != i:
+                g.add_edge(i, j)
+        hop *= 2
+    return g
+
+
+@GRAPHS.register("random_regular", shorthand="degree")
+def random_regular(n: int, degree: int = 4, seed: int = 0) -> nx.Graph:
+    """every worker has `degree` neighbours, drawn with the seed."""
+    if not 1 <= degree < n or (n * degree) % 2:
+        raise UserError(
+            f"topology random_regular: degree={degree} does not fit n={n} "
+            "(need 1 <= degree < n and n*degree even)"
+        )
+    return nx.random_regular_graph(degree, n, seed=seed)
+
+
+@GRAPHS.register("erdos_renyi", shorthand="p")
+def erdos_renyi(n: int, p: float = 0.3, seed: int = 0) -> nx.Graph:
+    """each edge with probability `p`, drawn with the seed."""
+    if not 0.0 < p <= 1.0:
+        raise UserError(f"topology erdos_renyi: p must be in (0, 1], got {p}")
+    return nx.gnp_random_graph(n, p, seed=seed)
 
 
 def mixing_matrix(graph: nx.Graph, kind: str = "metropolis") -> torch.Tensor:
@@ -204,9 +239,6 @@ def make_topology(name: str, n: int, mixing: str = "metropolis", **graph_kwargs)
     return Topology(name=name, graph=g, mixing=mixing_matrix(g, mixing), mixing_kind=mixing)
 
 
-_SHORTHAND = {"random_regular": "degree", "erdos_renyi": "p", "torus": "rows"}
-
-
 @dataclass(frozen=True)
 class TopologySpec:
     """A topology before the number of workers is known: what an algorithm's `topology`
@@ -233,7 +265,7 @@ class TopologySpec:
             name, _, value = spec.partition(":")
             kw = {}
             if value:
-                key = _SHORTHAND.get(name.strip())
+                key = GRAPHS.entry(name.strip()).shorthand
                 if key is None:
                     raise ValueError(f"topology {name!r} takes no ':value' shorthand")
                 kw[key] = float(value) if key == "p" else int(value)
