@@ -51,7 +51,7 @@ from pydantic import Field
 
 from .. import rng
 from ..errors import UserError
-from .base import ALGORITHMS, TopologyOption, options, seed_of
+from .base import ALGORITHMS, Graph, Seed, StepSize, WeightDecay, options, seed_of
 
 GRAD, AVG, APPLY = 0, 1, 2  # event kinds
 
@@ -61,11 +61,11 @@ GRAD, AVG, APPLY = 0, 1, 2  # event kinds
 class ADPSGD:
     """AD-PSGD: asynchronous decentralized SGD with atomic pairwise averaging (event-driven simulation)."""
 
-    lr: Annotated[float, Field(gt=0, description="step size γ")]
-    topology: Annotated[TopologyOption, Field(description="gossip graph: a name (ring, torus, exponential, ...), \"random_regular:4\" or a table with mixing")] = "ring"
-    weight_decay: Annotated[float, Field(ge=0, description="L2 weight decay λ")] = 0.0
+    lr: StepSize
+    topology: Graph = "ring"
+    weight_decay: WeightDecay = 0.0
     split: Annotated[Literal["auto", "none"], Field(description="auto: active/passive sets on a bipartite graph; none: all active")] = "auto"
-    seed: Annotated[int | None, Field(ge=0, description="seed of the algorithm's random draws (default: the run's)")] = None
+    seed: Seed = None
     name: str = "adpsgd"
 
     def active_set(self) -> torch.Tensor:

@@ -12,11 +12,9 @@ which equals single-worker SGD on the concatenation of the n mini-batches (Dekel
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from typing import ClassVar
 
-from pydantic import Field
-
-from .base import ALGORITHMS, options, sgd_direction
+from .base import ALGORITHMS, Momentum, Nesterov, StepSize, WeightDecay, options, sgd_direction
 
 
 @ALGORITHMS.register(paper="Dekel et al., JMLR 2012; Goyal et al. 2017")
@@ -26,10 +24,10 @@ class AllReduceSGD:
 
     buffer_policy: ClassVar[str] = "average"  # every worker holds the same model
 
-    lr: Annotated[float, Field(gt=0, description="step size γ")]
-    momentum: Annotated[float, Field(ge=0, lt=1, description="heavy-ball momentum μ (torch.optim.SGD form)")] = 0.0
-    weight_decay: Annotated[float, Field(ge=0, description="L2 weight decay λ")] = 0.0
-    nesterov: Annotated[bool, Field(description="Nesterov momentum")] = False
+    lr: StepSize
+    momentum: Momentum = 0.0
+    weight_decay: WeightDecay = 0.0
+    nesterov: Nesterov = False
     name: str = "allreduce_sgd"
 
     def init(self, x0, comm):

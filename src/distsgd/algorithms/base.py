@@ -57,6 +57,17 @@ def _compressor(v):
 TopologyOption = Annotated[Topology | TopologySpec, BeforeValidator(TopologySpec.parse)]
 CompressorOption = Annotated[Compressor, BeforeValidator(_compressor)]
 
+# The options many algorithms share, declared once (type, range and meaning).
+StepSize = Annotated[float, Field(gt=0, description="step size γ")]
+Momentum = Annotated[float, Field(ge=0, lt=1, description="heavy-ball momentum μ (torch.optim.SGD form)")]
+WeightDecay = Annotated[float, Field(ge=0, description="L2 weight decay λ")]
+Nesterov = Annotated[bool, Field(description="Nesterov momentum")]
+Seed = Annotated[int | None, Field(ge=0, description="seed of the algorithm's random draws (default: the run's)")]
+Graph = Annotated[
+    TopologyOption,
+    Field(description='gossip graph: a name (ring, torus, exponential, ...), "random_regular:4" or a table with mixing'),
+]
+
 
 def bind(algorithm, n: int, seed: int = 0, shapes=None):
     """The algorithm ready for n workers: topology specs built for n (seeded), an unset

@@ -27,7 +27,19 @@ import torch
 from pydantic import Field
 
 from .. import rng
-from .base import ALGORITHMS, CompressorOption, TopologyOption, options, seed_of, sgd_direction
+from .base import (
+    ALGORITHMS,
+    CompressorOption,
+    Graph,
+    Momentum,
+    Nesterov,
+    Seed,
+    StepSize,
+    WeightDecay,
+    options,
+    seed_of,
+    sgd_direction,
+)
 
 
 @ALGORITHMS.register(paper="Koloskova, Stich, Jaggi, ICML 2019")
@@ -35,14 +47,14 @@ from .base import ALGORITHMS, CompressorOption, TopologyOption, options, seed_of
 class ChocoSGD:
     """CHOCO-SGD: decentralized SGD with compressed gossip of model differences."""
 
-    lr: Annotated[float, Field(gt=0, description="step size γ")]
-    topology: Annotated[TopologyOption, Field(description="gossip graph: a name (ring, torus, exponential, ...), \"random_regular:4\" or a table with mixing")] = "ring"
+    lr: StepSize
+    topology: Graph = "ring"
     compressor: Annotated[CompressorOption, Field(description="compressor Q of the differences (e.g. \"topk:0.01\")")] = "topk:0.01"
     gamma: Annotated[float, Field(gt=0, le=1, description="consensus step size γ (1 suits the identity compressor; Top-1% needs about 0.05)")] = 0.05
-    momentum: Annotated[float, Field(ge=0, lt=1, description="heavy-ball momentum μ (torch.optim.SGD form)")] = 0.0
-    weight_decay: Annotated[float, Field(ge=0, description="L2 weight decay λ")] = 0.0
-    nesterov: Annotated[bool, Field(description="Nesterov momentum")] = False
-    seed: Annotated[int | None, Field(ge=0, description="seed of the algorithm's random draws (default: the run's)")] = None
+    momentum: Momentum = 0.0
+    weight_decay: WeightDecay = 0.0
+    nesterov: Nesterov = False
+    seed: Seed = None
     name: str = "choco_sgd"
 
     def init(self, x0, comm):

@@ -27,7 +27,17 @@ from pydantic import Field
 from .. import rng
 from ..compress.feedback import error_feedback
 from ..compress.quantize import Identity
-from .base import ALGORITHMS, CompressorOption, options, seed_of, sgd_direction
+from .base import (
+    ALGORITHMS,
+    CompressorOption,
+    Momentum,
+    Seed,
+    StepSize,
+    WeightDecay,
+    options,
+    seed_of,
+    sgd_direction,
+)
 
 
 @ALGORITHMS.register(paper="Seide et al. 2014; Karimireddy et al., ICML 2019 (EF-SGD)")
@@ -37,14 +47,14 @@ class CompressedSGD:
 
     buffer_policy: ClassVar[str] = "average"  # every worker holds the same model
 
-    lr: Annotated[float, Field(gt=0, description="step size γ")]
+    lr: StepSize
     compressor: Annotated[CompressorOption, Field(description="compressor C of each worker's step")] = "scaled_sign"
     error_feedback: Annotated[bool, Field(description="keep the compression error and add it back (EF)")] = True
-    momentum: Annotated[float, Field(ge=0, lt=1, description="heavy-ball momentum μ (torch.optim.SGD form)")] = 0.0
-    weight_decay: Annotated[float, Field(ge=0, description="L2 weight decay λ")] = 0.0
+    momentum: Momentum = 0.0
+    weight_decay: WeightDecay = 0.0
     downlink: Annotated[CompressorOption | None, Field(description="compressor of the server's average (None: float32)")] = None
     mode: Annotated[Literal["server", "allgather"], Field(description="server: gather to a server and broadcast; allgather: every worker gets every message")] = "server"
-    seed: Annotated[int | None, Field(ge=0, description="seed of the algorithm's random draws (default: the run's)")] = None
+    seed: Seed = None
     name: str = "compressed_sgd"
 
     def init(self, x0, comm):

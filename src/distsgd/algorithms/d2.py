@@ -27,7 +27,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from ..topology import Topology
-from .base import ALGORITHMS, TopologyOption, options
+from .base import ALGORITHMS, Graph, StepSize, WeightDecay, options
 
 LAMBDA_MIN = -1 / 3
 
@@ -37,9 +37,9 @@ LAMBDA_MIN = -1 / 3
 class D2:
     """D²: decentralized training robust to data variance across workers (gossip of 2x − x_prev − γ(g − g_prev))."""
 
-    lr: Annotated[float, Field(gt=0, description="step size γ")]
-    topology: Annotated[TopologyOption, Field(description="gossip graph: a name (ring, torus, exponential, ...), \"random_regular:4\" or a table with mixing")] = "ring"
-    weight_decay: Annotated[float, Field(ge=0, description="L2 weight decay λ")] = 0.0
+    lr: StepSize
+    topology: Graph = "ring"
+    weight_decay: WeightDecay = 0.0
     lazy: Annotated[Literal["auto"] | bool, Field(description="auto: (W + I)/2 when λ_min(W) ≤ −1/3; true: always; false: refuse")] = "auto"
     name: str = "d2"
 

@@ -22,7 +22,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from .base import ALGORITHMS, TopologyOption, options, sgd_direction
+from .base import ALGORITHMS, Graph, Momentum, Nesterov, StepSize, WeightDecay, options, sgd_direction
 
 VARIANTS = ("paper", "atc")
 
@@ -32,11 +32,11 @@ VARIANTS = ("paper", "atc")
 class DPSGD:
     """D-PSGD: each step a local SGD step and one gossip average with the neighbours."""
 
-    lr: Annotated[float, Field(gt=0, description="step size γ")]
-    topology: Annotated[TopologyOption, Field(description="gossip graph: a name (ring, torus, exponential, ...), \"random_regular:4\" or a table with mixing")] = "ring"
-    momentum: Annotated[float, Field(ge=0, lt=1, description="heavy-ball momentum μ (torch.optim.SGD form)")] = 0.0
-    weight_decay: Annotated[float, Field(ge=0, description="L2 weight decay λ")] = 0.0
-    nesterov: Annotated[bool, Field(description="Nesterov momentum")] = False
+    lr: StepSize
+    topology: Graph = "ring"
+    momentum: Momentum = 0.0
+    weight_decay: WeightDecay = 0.0
+    nesterov: Nesterov = False
     variant: Annotated[Literal["paper", "atc"], Field(description="paper: gossip x then step; atc: step then gossip")] = "paper"
     name: str = "dpsgd"
 

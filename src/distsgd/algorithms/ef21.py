@@ -25,7 +25,7 @@ from pydantic import Field
 
 from .. import rng
 from ..compress.base import Payload
-from .base import ALGORITHMS, CompressorOption, options, seed_of
+from .base import ALGORITHMS, CompressorOption, Seed, StepSize, options, seed_of
 
 
 def ef21_stepsize(L: float, Ls: list[float], alpha: float, weighted: bool = False) -> float:
@@ -48,10 +48,10 @@ class EF21:
 
     buffer_policy: ClassVar[str] = "average"  # every worker holds the same model
 
-    lr: Annotated[float, Field(gt=0, description="step size γ")]
+    lr: StepSize
     compressor: Annotated[CompressorOption, Field(description="contractive compressor C (e.g. \"topk:0.01\")")] = "topk:0.01"
     weights: Annotated[tuple[Annotated[float, Field(gt=0)], ...] | None, Field(description="L_i per worker for EF21-W (None: plain EF21)")] = None
-    seed: Annotated[int | None, Field(ge=0, description="seed of the algorithm's random draws (default: the run's)")] = None
+    seed: Seed = None
     name: str = "ef21"
 
     def _w(self, comm) -> torch.Tensor | None:

@@ -26,7 +26,18 @@ from pydantic import Field
 
 from .. import rng
 from ..compress.feedback import error_feedback
-from .base import ALGORITHMS, CompressorOption, options, seed_of, sgd_direction
+from .base import (
+    ALGORITHMS,
+    CompressorOption,
+    Momentum,
+    Nesterov,
+    Seed,
+    StepSize,
+    WeightDecay,
+    options,
+    seed_of,
+    sgd_direction,
+)
 
 
 @ALGORITHMS.register(paper="Stich, ICLR 2019; Lin et al., ICLR 2020")
@@ -34,15 +45,15 @@ from .base import ALGORITHMS, CompressorOption, options, seed_of, sgd_direction
 class LocalSGD:
     """Local SGD: H local steps, then one all-reduce of the models (optionally compressed)."""
 
-    lr: Annotated[float, Field(gt=0, description="step size γ")]
+    lr: StepSize
     local_steps: Annotated[int, Field(ge=1, description="H, local steps between averagings")] = 8
-    momentum: Annotated[float, Field(ge=0, lt=1, description="heavy-ball momentum μ (torch.optim.SGD form)")] = 0.0
-    weight_decay: Annotated[float, Field(ge=0, description="L2 weight decay λ")] = 0.0
-    nesterov: Annotated[bool, Field(description="Nesterov momentum")] = False
+    momentum: Momentum = 0.0
+    weight_decay: WeightDecay = 0.0
+    nesterov: Nesterov = False
     average_momentum: Annotated[bool, Field(description="average the momentum buffers too")] = False
     compressor: Annotated[CompressorOption | None, Field(description="compress the model changes (None: exact average)")] = None
     error_feedback: Annotated[bool, Field(description="error feedback for the compressor")] = True
-    seed: Annotated[int | None, Field(ge=0, description="seed of the algorithm's random draws (default: the run's)")] = None
+    seed: Seed = None
     name: str = "local_sgd"
 
     def init(self, x0, comm):

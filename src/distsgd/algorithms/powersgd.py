@@ -29,7 +29,7 @@ import torch
 from pydantic import Field
 
 from .. import rng
-from .base import ALGORITHMS, options, seed_of, sgd_direction
+from .base import ALGORITHMS, Momentum, Nesterov, StepSize, WeightDecay, options, seed_of, sgd_direction
 
 
 class Matrix(NamedTuple):
@@ -73,11 +73,11 @@ class PowerSGD:
 
     buffer_policy: ClassVar[str] = "average"  # every worker holds the same model
 
-    lr: Annotated[float, Field(gt=0, description="step size γ")]
+    lr: StepSize
     rank: Annotated[int, Field(ge=1, description="rank r of the approximation of each matrix")] = 1
-    momentum: Annotated[float, Field(ge=0, lt=1, description="heavy-ball momentum μ (torch.optim.SGD form)")] = 0.0
-    weight_decay: Annotated[float, Field(ge=0, description="L2 weight decay λ")] = 0.0
-    nesterov: Annotated[bool, Field(description="Nesterov momentum")] = False
+    momentum: Momentum = 0.0
+    weight_decay: WeightDecay = 0.0
+    nesterov: Nesterov = False
     error_feedback: Annotated[bool, Field(description="keep each worker's compression error e_i")] = True
     warm_start: Annotated[bool, Field(description="start each power iteration from the previous Q")] = True
     start_iter: Annotated[int, Field(ge=0, description="steps of exact all-reduce before compressing")] = 0

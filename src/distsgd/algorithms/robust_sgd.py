@@ -42,7 +42,7 @@ from ..compress.base import Payload
 from ..robust import make_aggregator, make_attack, pick_byzantine
 from ..robust.aggregators import Aggregator
 from ..robust.attacks import Attack, flip_labels
-from .base import ALGORITHMS, TopologyOption, options, seed_of
+from .base import ALGORITHMS, Graph, StepSize, WeightDecay, options, seed_of
 
 
 def _check_common(algo, n: int) -> None:
@@ -91,13 +91,13 @@ class _Byzantine:
     """The options every Byzantine-robust algorithm shares: the step, who is Byzantine and
     what they send, the workers' momentum."""
 
-    lr: Annotated[float, Field(gt=0, description="step size γ")]
+    lr: StepSize
     attack: Annotated[Attack | str | dict, Field(description="what the Byzantine workers send: none, sign_flip, scaled_flip, gaussian, alie, ipm, label_flip, adaptive (\"alie:1.5\" sets the scale)")] = "none"
     f: Annotated[int, Field(ge=0, description="number of Byzantine workers, drawn with byzantine_seed (ignored when byzantine is given)")] = 0
     byzantine: Annotated[tuple[int, ...] | None, Field(description="the Byzantine worker ids (default: f drawn at random)")] = None
     byzantine_seed: Annotated[int, Field(ge=0, description="seed of the draw of the Byzantine workers")] = 0
     worker_momentum: Annotated[float, Field(ge=0, lt=1, description="β of the workers' momentum (Karimireddy et al. 2021)")] = 0.9
-    weight_decay: Annotated[float, Field(ge=0, description="L2 weight decay λ")] = 0.0
+    weight_decay: WeightDecay = 0.0
     check: Annotated[bool, Field(description="refuse an (n, f) outside the rule's guarantee")] = True
     seed: Annotated[int | None, Field(ge=0, description="seed of the attack and of randomized rules (default: the run's)")] = None
 
@@ -165,7 +165,7 @@ class RobustSGD(_Byzantine):
 class RobustGossip(_Byzantine):
     """Byzantine-robust gossip: ClippedGossip, or a robust rule over each neighbourhood."""
 
-    topology: Annotated[TopologyOption, Field(description="gossip graph: a name (ring, torus, exponential, ...), \"random_regular:4\" or a table with mixing")] = "ring"
+    topology: Graph = "ring"
     rule: Annotated[Aggregator | str | dict, Field(description="clipped (ClippedGossip) or an aggregator spec applied per neighbourhood")] = "clipped"
     tau: Annotated[float, Field(gt=0, description="clipping radius τ of ClippedGossip")] = 1.0
     name: str = "robust_gossip"

@@ -24,7 +24,7 @@ import torch
 from pydantic import Field
 
 from ..compress.base import Payload, pack_bits, unpack_bits
-from .base import ALGORITHMS, options
+from .base import ALGORITHMS, StepSize, WeightDecay, options
 
 
 def majority_vote(bits_all: torch.Tensor, d: int) -> torch.Tensor:
@@ -42,9 +42,9 @@ class Signum:
 
     buffer_policy: ClassVar[str] = "average"  # every worker holds the same model
 
-    lr: Annotated[float, Field(gt=0, description="step size γ")]
+    lr: StepSize
     beta: Annotated[float, Field(ge=0, lt=1, description="momentum β (0: signSGD)")] = 0.9
-    weight_decay: Annotated[float, Field(ge=0, description="L2 weight decay λ")] = 0.0
+    weight_decay: WeightDecay = 0.0
     aggregate: Annotated[Literal["vote", "mean"], Field(description="vote: sign of the sum (1 bit back); mean: mean of the signs (float32 back)")] = "vote"
     byzantine: Annotated[tuple[int, ...], Field(description="workers that send the negated sign (the ICLR 2019 adversary)")] = ()
     name: str = "signum"
