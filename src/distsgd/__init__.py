@@ -6,6 +6,7 @@ algorithm=...)` runs the same algorithm code in an ordinary torchrun training lo
 """
 
 from . import algorithms, compress, robust
+from .adpsgd_real import run_adpsgd
 from .algorithms import (
     ADPSGD,
     ALGORITHMS,
@@ -50,6 +51,7 @@ from .workers import Flat, WorkerBatchSampler, Workers
 __version__ = "0.1.0"
 
 __all__ = [
+    "run_adpsgd",
     "ADPSGD",
     "AGGREGATORS",
     "ALGORITHMS",

@@ -156,6 +156,38 @@ def _cmd_collectives(args) -> int:
     return 0
 
 
+def _cmd_netem(args) -> int:
+    from . import netem
+    from .collectives.report import parse_bandwidth, parse_latency, parse_size, write_json_atomic
+
+    command = list(args.node_command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if args.json:
+        from .collectives.report import check_output
+
+        check_output(args.json, "--json")
+    if args.log_dir and not Path(args.log_dir).is_dir():
+        raise UserError(f"--log-dir '{args.log_dir}' is not a directory")
+    cluster = netem.Cluster(
+        nodes=args.nodes,
+        bandwidth=parse_bandwidth(args.bandwidth),
+        delay=parse_latency(args.delay),
+        burst=parse_size(args.burst, "burst"),
+        shared=args.shared,
+        stragglers=netem.parse_stragglers(args.straggler),
+    )
+    result = netem.run(command, cluster, timeout=args.timeout, log_dir=args.log_dir)
+    for r in result.nodes:
+        print(
+            f"node {r.node}: {r.seconds:8.2f} s  sent {r.tx_bytes:>14,} B  received {r.rx_bytes:>14,} B "
+            f"(kernel, {'shared bus' if cluster.shared else 'eth0'})"
+        )
+    if args.json:
+        write_json_atomic(args.json, result.to_json())
+    return 0
+
+
 def _cmd_algorithms(args) -> int:
     from .reference import render_markdown, render_text
 
@@ -240,6 +272,25 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--json", metavar="PATH", help="also write the rows as JSON here (its directory must exist)"
     )
+    ne = sub.add_parser(
+        "netem",
+        help="run a command on k nodes, each in its own network namespace behind a rate-limited link",
+        description="Run COMMAND on every node (env RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT as torchrun "
+        "sets them; {rank}, {nodes}, {master_addr}, {master_port} in COMMAND are filled in) and report "
+        "the bytes each node's interface moved, from the kernel's counters.",
+    )
+    ne.add_argument("--nodes", type=int, default=2, help="number of nodes (default: 2)")
+    ne.add_argument("--bandwidth", default="1Gbit/s", help="per node, each way, e.g. 100Mbit/s, 1Gbit/s, 125MB/s")
+    ne.add_argument("--delay", default="0", help="one-way delay per link, e.g. 1ms (needs the kernel's netem)")
+    ne.add_argument("--burst", default="256KiB", help="token bucket size (at least 128KiB; default 256KiB)")
+    ne.add_argument("--shared", action="store_true", help="one shared bus (loopback, one limit) instead of a link per node")
+    ne.add_argument("--straggler", help="NODE:SLOWDOWN[,...]: run these nodes 1/SLOWDOWN of the time, e.g. 1:4")
+    ne.add_argument("--timeout", type=float, help="stop every node after this many seconds (exit code 4)")
+    ne.add_argument("--log-dir", help="write node<i>.log here instead of sharing this terminal")
+    ne.add_argument("--json", metavar="PATH", help="write the kernel byte counts and times as JSON here")
+    ne.add_argument("node_command", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="what every node runs")
+    ne._negative_number_matcher = re.compile(r"^-(?:\d|\.\d|inf|nan)", re.IGNORECASE)
+    ne.set_defaults(func=_cmd_netem)
     # values such as -1MiB or -5e-9 reach the parsers above (one-line errors) instead of
     # being taken for options; this sub-command has no option that looks like a number
     c._negative_number_matcher = re.compile(r"^-(?:\d|\.\d|inf|nan)", re.IGNORECASE)

@@ -3,7 +3,15 @@
 Process r of a world of size P holds workers [r·m, (r+1)·m) with m = n / P. Collectives
 run over the process group (gloo on CPU, NCCL on GPU); gossip sends only the rows a
 neighbouring process needs, point to point. Traffic is recorded with the same formulas as
-the simulated communicator (`comm.base`), for all n workers on every process.
+the simulated communicator (`comm.base`), for all n workers on every process; `wire`
+counts what this process's calls actually moved (`comm.base.Wire`).
+
+A parameter server is realized by replication: `gather_payload` all-gathers every worker's
+message to every process, each computes the server's step from the same rows in the same
+order (so the same result), and `broadcast_payload` then moves nothing. An all-gather is
+one collective with the same per-process bottleneck, (P−1)·b each way, as a gather to one
+rank followed by a broadcast of a message of the same size, and the server's compute
+overlaps on all ranks instead of serializing on one.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ import torch.distributed as dist
 
 from ..errors import UserError
 from ..topology import Topology
-from .base import CommunicatorBase, check_pairs, payload_bytes
+from .base import CommunicatorBase, Wire, check_pairs, payload_bytes
 from .network import NetworkModel
 
 
@@ -55,10 +63,37 @@ class TorchDistCommunicator(CommunicatorBase):
         m = n // self.world
         super().__init__(n, m, self.rank * m, network)
         self._plans: dict[int, tuple[Topology, _GossipPlan]] = {}
+        self.wire = Wire()
+
+    # -- what gloo's algorithms move per process (see comm.base.Wire) --------------------
+    def _wire_all_reduce(self, t: torch.Tensor) -> None:
+        b = t.numel() * t.element_size()
+        if self.world > 1:
+            self.wire.add(2 * (self.world - 1) / self.world * b, 2 * (self.world - 1) / self.world * b)
+
+    def _wire_all_gather(self, t: torch.Tensor) -> None:
+        b = t.numel() * t.element_size()
+        if self.world > 1:
+            self.wire.add((self.world - 1) * b, (self.world - 1) * b)
+
+    def _wire_broadcast(self, t: torch.Tensor, src: int = 0) -> None:
+        """Binomial tree from src: relative rank r sends to r + 2^k for every 2^k > r below P."""
+        b, world = t.numel() * t.element_size(), self.world
+        if world == 1:
+            return
+        r = (self.rank - src) % world
+        children = sum(1 for j in range(world.bit_length()) if (1 << j) > r and r + (1 << j) < world)
+        self.wire.add(children * b, 0 if r == 0 else b)
+
+    def _wire_gather(self, t: torch.Tensor, dst: int = 0) -> None:
+        b = t.numel() * t.element_size()
+        if self.world > 1:
+            self.wire.add(0 if self.rank == dst else b, (self.world - 1) * b if self.rank == dst else 0)
 
     def _sum(self, x: torch.Tensor) -> torch.Tensor:
         """Σ over all n workers' rows, in a fresh buffer (one copy: a row's clone for m = 1)."""
         s = x[0].clone(memory_format=torch.contiguous_format) if x.shape[0] == 1 else x.sum(0).contiguous()
+        self._wire_all_reduce(s)
         dist.all_reduce(s, op=dist.ReduceOp.SUM, group=self.group)
         return s
 
@@ -69,6 +104,7 @@ class TorchDistCommunicator(CommunicatorBase):
     def all_gather(self, x: torch.Tensor) -> torch.Tensor:
         self._record_all_gather(payload_bytes(x))
         parts = [torch.empty_like(x) for _ in range(self.world)]
+        self._wire_all_gather(x)
         dist.all_gather(parts, x.contiguous(), group=self.group)
         return torch.cat(parts)
 
@@ -80,6 +116,7 @@ class TorchDistCommunicator(CommunicatorBase):
             raise ValueError(f"topology has {topology.n} nodes, communicator {self.n} workers")
         self._record_gossip(payload_bytes(x), topology)
         parts = [torch.empty_like(x) for _ in range(self.world)]
+        self._wire_all_gather(x)
         dist.all_gather(parts, x.contiguous(), group=self.group)
         return torch.cat(parts)
 
@@ -95,9 +132,12 @@ class TorchDistCommunicator(CommunicatorBase):
         buf = flat.new_empty(len(plan.cols), *flat.shape[1:])
         buf[plan.local_pos] = flat[plan.local_rows]
         reqs, incoming = [], []
+        row = flat[0].numel() * flat.element_size() if flat.shape[0] else 0
         for q, rows in plan.send.items():
+            self.wire.add(len(rows) * row, 0)
             reqs.append(dist.isend(flat[rows].contiguous(), q, group=self.group))
         for q, pos in plan.recv.items():
+            self.wire.add(0, len(pos) * row)
             t = flat.new_empty(len(pos), *flat.shape[1:])
             reqs.append(dist.irecv(t, q, group=self.group))
             incoming.append((pos, t))
@@ -136,6 +176,7 @@ class TorchDistCommunicator(CommunicatorBase):
                     out[mine - lo] = x[other - lo]
                     continue
                 peer = other // self.m
+                self.wire.add(payload_bytes(x), payload_bytes(x))
                 reqs.append(dist.isend(x[mine - lo].contiguous(), peer, group=self.group, tag=mine))
                 t = torch.empty_like(x[0])
                 reqs.append(dist.irecv(t, peer, group=self.group, tag=other))
@@ -150,12 +191,14 @@ class TorchDistCommunicator(CommunicatorBase):
         """Rank 0 acts as the server: it gets all n rows, the others get None."""
         self._record_gather(payload_bytes(x))
         parts = [torch.empty_like(x) for _ in range(self.world)] if self.rank == 0 else None
+        self._wire_gather(x)
         dist.gather(x.contiguous(), parts, dst=0, group=self.group)
         return torch.cat(parts) if parts is not None else None
 
     def broadcast_from_server(self, v: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         buf = v.contiguous() if self.rank == 0 else torch.empty_like(like[0])
         self._record_broadcast(buf.numel() * buf.element_size())
+        self._wire_broadcast(buf)
         dist.broadcast(buf, src=0, group=self.group)
         return buf.unsqueeze(0).expand(self.m, *buf.shape)
 
@@ -165,13 +208,14 @@ class TorchDistCommunicator(CommunicatorBase):
         wire = {}
         for k, t in p.wire.items():
             parts = [torch.empty_like(t) for _ in range(self.world)]
+            self._wire_all_gather(t)
             dist.all_gather(parts, t.contiguous(), group=self.group)  # the server's view, on every rank
             wire[k] = torch.cat(parts)
         return replace(p, wire=wire)
 
     def _broadcast_rows(self, p):
-        for t in p.wire.values():
-            dist.broadcast(t, src=0, group=self.group)
+        """Nothing to send: every process computed the server's message from the same rows
+        (the replicated server, see the module docstring)."""
         return p
 
     def average(self, x: torch.Tensor) -> torch.Tensor:
@@ -181,5 +225,6 @@ class TorchDistCommunicator(CommunicatorBase):
         x = x.double()  # identical rows give exactly 0 (n·v/n is exact in float64)
         xbar = self.average(x)
         s = (x - xbar).pow(2).sum(1).sum().reshape(1)
+        self._wire_all_reduce(s)
         dist.all_reduce(s, group=self.group)
         return float(s) / self.n
