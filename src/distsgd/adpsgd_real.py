@@ -27,13 +27,16 @@ no cycle of waits can form. A graph that is not bipartite raises `UserError`.
 One averaging of active i with passive j, on a dedicated gloo group (`dist.new_group`), so
 that nothing else the program sends interleaves with the gossip:
 
-- i sends [x_i, 0] (d + 1 float32, the last entry a flag) to j and receives x_j;
-  x_i ← (x_i + x_j)/2. Only i's own thread writes x_i, so x_i cannot move meanwhile.
-- j's server receives from any source (`dist.recv(src=None)`), then, holding the lock its
-  main thread takes to read x̂_j and to apply a gradient, copies x_j into the reply and
-  sets x_j ← (x_j + x_i)/2, and sends the copy back. Both sides compute the same float
-  sum, so the pair ends with bit-identical models and Σ x is conserved exactly (up to the
-  rounding of one addition): the averaging is atomic.
+- i sends a one-float header (AVERAGE) to j, then sends x_i while it receives x_j (both
+  directions at once: the links are full duplex, so an averaging costs one model's
+  transfer time, not two); x_i ← (x_i + x_j)/2. Only i's own thread writes x_i, so x_i
+  cannot move meanwhile.
+- j's server receives the header from any source (`dist.recv(src=None)`), then, holding
+  the lock its main thread takes to read x̂_j and to apply a gradient, sends a copy of x_j
+  while it receives x_i, and sets x_j ← (x_j + x_i)/2 before releasing the lock. Both
+  sides compute the same float sum, so the pair ends with bit-identical models and Σ x is
+  conserved exactly (up to the rounding of one addition): the averaging is atomic. j's
+  gradient computation goes on meanwhile; only its application waits for the lock.
 
 Thread safety: in every process exactly one thread uses the gossip group (an active rank's
 main thread, or a passive rank's server thread), and the server thread only runs between the
@@ -59,7 +62,8 @@ What is measured:
   (always 1 on an active rank: its own averaging; on a passive rank, the requests its
   server answered meanwhile);
 - gradients and averagings per rank, seconds, compute seconds, bytes sent and received on
-  the gossip group (a request or stop carries 4(d + 1) bytes, a reply 4d).
+  the gossip group (a request carries a 4-byte header and 4d bytes of model, a reply 4d,
+  a stop 4 bytes).
 - snapshots for time-to-accuracy: every `snapshot_every` seconds each rank copies its x_i
   (at the first gradient boundary after the tick); after the loop, one all_reduce per
   snapshot gives the average over ranks, the same list on every rank, each stamped with the
@@ -105,7 +109,7 @@ from .workers import Flat
 
 __all__ = ["AsyncResult", "Staleness", "active_set", "load_flat", "run_adpsgd"]
 
-AVERAGE, STOP = 0.0, 1.0  # the flag in the last entry of a request
+AVERAGE, STOP = 0.0, 1.0  # the one-float header of a request
 
 
 @dataclass(frozen=True)
@@ -326,31 +330,35 @@ def run_adpsgd(
     st = {"writes": 0, "averagings": 0, "sent": 0, "received": 0, "error": None}
 
     def serve() -> None:  # a passive rank's server thread
-        req, reply = torch.empty(d + 1), torch.empty(d)
+        flag, incoming, reply = torch.empty(1), torch.empty(d), torch.empty(d)
         waiting = len(neighbours)  # a stop from each (active) neighbour ends it
         try:
             while waiting:
-                src = dist.recv(req, group=gossip)
-                st["received"] += 4 * (d + 1)
-                if req[d].item() == STOP:
+                src = dist.recv(flag, group=gossip)  # a request from any active neighbour
+                st["received"] += 4
+                if flag.item() == STOP:
                     waiting -= 1
                     continue
-                with lock:
+                with lock:  # x_j is held from the copy to the average: the averaging is atomic
                     reply.copy_(x)
-                    torch.add(x, req[:d], out=x).mul_(0.5)  # (x_j + x_i)/2, bit-equal to i's
+                    out = dist.isend(reply, src, group=gossip)  # both directions at once
+                    dist.recv(incoming, src, group=gossip)
+                    torch.add(x, incoming, out=x).mul_(0.5)  # (x_j + x_i)/2, bit-equal to i's
                     st["writes"] += 1
                     st["averagings"] += 1
-                dist.send(reply, src, group=gossip)
+                out.wait()
                 st["sent"] += 4 * d
+                st["received"] += 4 * d
         except BaseException:
             st["error"] = traceback.format_exc()
             store.add(key, abort)
 
-    def average(j: int, req: torch.Tensor, reply: torch.Tensor) -> None:  # active i with passive j
-        req[:d].copy_(x)
-        req[d] = AVERAGE
-        dist.send(req, ranks[j], group=gossip)
+    def average(j: int, flag: torch.Tensor, reply: torch.Tensor) -> None:  # active i with passive j
+        flag[0] = AVERAGE
+        dist.send(flag, ranks[j], group=gossip)
+        out = dist.isend(x, ranks[j], group=gossip)  # x_i out while x_j comes in (full duplex)
         dist.recv(reply, ranks[j], group=gossip)
+        out.wait()
         torch.add(x, reply, out=x).mul_(0.5)
         st["writes"] += 1
         st["averagings"] += 1
@@ -361,7 +369,7 @@ def run_adpsgd(
     mixing: list[int] = []
     snaps = _Snapshots(snapshot_every, max_snapshots)
     gradients, compute, failure = 0, 0.0, None
-    req, reply = torch.empty(d + 1), torch.empty(d)
+    req, reply = torch.empty(1), torch.empty(d)
     server = threading.Thread(target=serve, name="adpsgd-server", daemon=True)
 
     dist.barrier(group=gossip)  # the common start
@@ -409,11 +417,10 @@ def run_adpsgd(
         store.add(key, abort)
     seconds = time.perf_counter() - t0
     if active[rank]:  # stop the passive neighbours' servers
-        req[:d].zero_()
-        req[d] = STOP
+        req[0] = STOP
         for j in neighbours:
             dist.send(req, ranks[j], group=gossip)
-            st["sent"] += 4 * (d + 1)
+            st["sent"] += 4
     elif neighbours:
         server.join()
     if snapshot_every is not None:
