@@ -136,6 +136,28 @@ CASES_LIST = [
         ("distsgd: error: …",),
         "each line reaches stderr in one write, so two ranks' lines never merge",
     ),
+    # -- distsgd netem: nodes behind rate-limited links --------------------------------------------
+    Case(
+        "netem_node_fails",
+        "a node of `distsgd netem` exits with an error (code 7) while the others run on",
+        7,
+        ("distsgd: error: netem: node 1 exited with code 7; stopped nodes 0, 2 10 s later",),
+        "the others get 10 s to exit on their own, then are stopped; the exit code is the node's",
+    ),
+    Case(
+        "netem_no_tools",
+        "`distsgd netem` where `tc` (or `ip`, `unshare`, `nsenter`) is not installed",
+        2,
+        ("distsgd: error: netem: missing tc (needs iproute2's ip and tc, util-linux's unshare and nsenter)",),
+        "nothing is started",
+    ),
+    Case(
+        "netem_bad_link",
+        "`distsgd netem --bandwidth 0` (or negative, `inf`, a unit like `1Gb/s`)",
+        2,
+        ("distsgd: error: bad bandwidth '…': …",),
+        "nothing is started",
+    ),
     # -- divergence ------------------------------------------------------------------------------
     Case(
         "diverged",
