@@ -254,6 +254,9 @@ def run(
             launcher.wait()
             raise
         if not report.exists():
+            sig = -code if code < 0 else code - 128 if code > 128 else None
+            if sig:
+                raise UserError(f"netem: the launcher was stopped by signal {sig}; it stopped its nodes")
             raise UserError(f"netem: the launcher ended with code {code} before making the cluster")
         out = json.loads(report.read_text())
     if "error" in out:
@@ -363,6 +366,17 @@ def _launch(spec_path: str) -> int:
 
     before = [read(i) for i in range(c.nodes)]
     log_dir = Path(spec["log_dir"]) if spec["log_dir"] else None
+
+    def stop_all(signum, frame):  # the launcher is stopped: take the nodes with it
+        for p in procs:
+            if p.poll() is None:
+                _kill_group(p)
+        _stop(holders)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop_all)
+    signal.signal(signal.SIGINT, stop_all)
+    signal.signal(signal.SIGHUP, stop_all)
     started = time.monotonic()
     ended: dict[int, float] = {}
     for i in range(c.nodes):
