@@ -240,12 +240,12 @@ def run(
                     "timeout": timeout,
                     "log_dir": str(log_dir) if log_dir else None,
                     "report": str(report),
+                    "parent": os.getpid(),
                 }
             )
         )
         launcher = subprocess.Popen(
-            ["unshare", "-rn", "--kill-child", sys.executable, "-m", "distsgd.netem", str(spec)],
-            start_new_session=False,
+            ["unshare", "-rn", "--kill-child=SIGTERM", sys.executable, "-m", "distsgd.netem", str(spec)],
         )
         try:
             code = launcher.wait()
@@ -377,6 +377,19 @@ def _launch(spec_path: str) -> int:
     signal.signal(signal.SIGTERM, stop_all)
     signal.signal(signal.SIGINT, stop_all)
     signal.signal(signal.SIGHUP, stop_all)
+
+    def watch_parent() -> None:  # the caller killed (no signal reaches us through unshare -r)
+        while True:
+            time.sleep(0.5)
+            try:
+                os.kill(spec["parent"], 0)
+            except ProcessLookupError:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            except PermissionError:
+                pass
+
+    threading.Thread(target=watch_parent, daemon=True).start()
     started = time.monotonic()
     ended: dict[int, float] = {}
     for i in range(c.nodes):
