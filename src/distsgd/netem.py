@@ -389,7 +389,8 @@ def _launch(spec_path: str) -> int:
             except PermissionError:
                 pass
 
-    threading.Thread(target=watch_parent, daemon=True).start()
+    if spec.get("parent"):
+        threading.Thread(target=watch_parent, daemon=True).start()
     started = time.monotonic()
     ended: dict[int, float] = {}
     for i in range(c.nodes):
