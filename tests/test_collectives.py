@@ -5,14 +5,17 @@ from hypothesis import strategies as st
 
 from distsgd.collectives import (
     ALGORITHMS,
+    COLLECTIVE_ALGORITHMS,
     build_schedule,
     build_trees,
     execute,
+    expected,
     lower_bound_seconds,
     make_interconnect,
     simulate,
     steps_lower_bound,
 )
+from distsgd.collectives.schedules import torus_hamiltonian_cycles
 from distsgd.errors import UserError
 
 SPECS = st.one_of(
@@ -26,9 +29,11 @@ SPECS = st.one_of(
 
 
 def _algorithms(net):
-    names = ["ring", "hd", "dbtree", "hierarchical", "multitree"]
+    names = ["ring", "biring", "hd", "dbtree", "hierarchical", "multitree"]
     if net.direct and net.kind != "ring":
         names.append("ring2d")
+    if net.kind == "torus" and min(net.shape) >= 3:
+        names.append("multiring")
     return names
 
 
@@ -124,4 +129,161 @@ def test_unknown_algorithm_and_ring2d_needs_a_grid():
         build_schedule("butterfly", make_interconnect("ring:4"))
     with pytest.raises(UserError, match="ring2d"):
         build_schedule("ring2d", make_interconnect("switch:4"))
-    assert set(ALGORITHMS) >= {"ring", "hd", "dbtree", "ring2d", "hierarchical", "multitree"}
+    assert set(ALGORITHMS) >= {
+        "ring",
+        "biring",
+        "multiring",
+        "hd",
+        "dbtree",
+        "ring2d",
+        "hierarchical",
+        "multitree",
+    }
+    with pytest.raises(UserError, match="multiring needs a torus"):
+        build_schedule("multiring", make_interconnect("mesh:4x4"))
+    with pytest.raises(UserError, match="multiring needs a torus"):
+        build_schedule("multiring", make_interconnect("torus:2x4"))
+
+
+@pytest.mark.parametrize("rows,cols", [(3, 3), (3, 5), (4, 4), (4, 7), (6, 4), (8, 8), (5, 12), (16, 16)])
+def test_multiring_rings_use_every_directed_link_exactly_once(rows, cols):
+    net = make_interconnect(f"torus:{rows}x{cols}", nis=4)
+    a, b = torus_hamiltonian_cycles(rows, cols)
+    used = []
+    for order in (a, a[::-1], b, b[::-1]):
+        assert sorted(order) == list(range(net.n))  # a Hamiltonian cycle
+        for u, v in zip(order, order[1:] + order[:1], strict=True):
+            hops = [k for k in net.route(u, v) if net.links[k][0] >= net.n and net.links[k][1] >= net.n]
+            assert len(hops) == 1  # consecutive nodes are neighbours
+            used += hops
+    network = [k for k, (u, v, *_r) in enumerate(net.links) if u >= net.n and v >= net.n]
+    assert sorted(used) == network
+
+
+def test_fair_baselines_on_a_torus_with_four_interfaces():
+    """Two counter-rotating rings halve the ring's time, four edge-disjoint rings quarter it
+    (cut-through, 64 MiB: bandwidth-bound). A biring whose second ring ran the same way, or
+    rings sharing links, would contend and fail this."""
+    net = make_interconnect("torus:8x8", nis=4)
+    size = 64 * 2**20
+
+    def t(name):
+        return simulate(build_schedule(name, net), net, size, packet_bytes=2**20, cut_through=True).seconds
+
+    ring, biring, multiring = t("ring"), t("biring"), t("multiring")
+    assert biring <= ring / 2 * 1.02
+    assert multiring <= ring / 4 * 1.02
+    assert multiring <= lower_bound_seconds(net, size) * 1.02  # at the bandwidth bound
+
+
+@settings(max_examples=40, deadline=None)
+@given(spec=SPECS, nis=st.integers(1, 4), seed=st.integers(0, 1000))
+def test_reduce_scatter_all_gather_broadcast_leave_what_they_promise(spec, nis, seed):
+    net = make_interconnect(spec, nis=nis)
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-(2**20), 2**20, size=(net.n, 8 * net.n + 5)).astype(np.float64)
+    root = int(rng.integers(net.n))
+    built = 0
+    for collective, names in COLLECTIVE_ALGORITHMS.items():
+        if collective == "allreduce":
+            continue
+        for name in names:
+            try:
+                sched = build_schedule(name, net, collective, root=root)
+            except UserError:
+                assert name in ("multiring", "hd")  # off a torus, off a power of two
+                continue
+            built += 1
+            assert sched.collective == collective
+            want, mask = expected(sched, x)
+            start = x.copy()
+            if collective == "allgather":  # only each node's own block is input: poison the rest
+                bounds = sched.chunk_bounds(x.shape[1])
+                start[:] = np.nan
+                for i in range(net.n):
+                    lo, hi = sched.block(i)
+                    start[i, bounds[lo] : bounds[hi]] = x[i, bounds[lo] : bounds[hi]]
+            out = execute(sched, start)
+            assert np.array_equal(out[mask], want[mask]), (spec, collective, name)
+    assert built >= 5
+
+
+@pytest.mark.parametrize("name", ["ring", "biring", "multiring", "hd", "multitree"])
+def test_all_reduce_is_reduce_scatter_then_all_gather(name):
+    net = make_interconnect("torus:4x4", nis=4)
+    ar = build_schedule(name, net)
+    rs = build_schedule(name, net, "reduce_scatter")
+    ag = build_schedule(name, net, "allgather")
+    shift = rs.steps
+    assert sorted(ar.messages, key=repr) == sorted(
+        rs.messages + [type(m)(m.step + shift, m.src, m.dst, m.lo, m.hi, m.op) for m in ag.messages], key=repr
+    )
+    assert ar.chunks == rs.chunks == ag.chunks and ar.chunks % net.n == 0
+
+
+@pytest.mark.parametrize("n", [4, 8])
+def test_ring_reduce_scatter_all_gather_and_broadcast_times(n):
+    alpha, bw, size = 150e-9, 16e9, 64 * 2**20
+    net = make_interconnect(f"ring:{n}", bandwidth=bw, latency=alpha)
+    for collective in ("reduce_scatter", "allgather"):
+        res = simulate(
+            build_schedule("ring", net, collective), net, size, packet_bytes=2**20, cut_through=True
+        )
+        closed = (n - 1) * alpha + (n - 1) / n * size / bw
+        assert res.seconds == pytest.approx(closed, rel=0.01)
+        assert lower_bound_seconds(net, size, collective) == pytest.approx((n - 1) / n * size / bw)
+    # a chain pipelined in 2n pieces: (2n + n − 2) piece times of S/(2n)
+    bc = simulate(
+        build_schedule("ring", net, "broadcast", root=1), net, size, packet_bytes=2**20, cut_through=True
+    )
+    assert bc.seconds == pytest.approx((3 * n - 2) / (2 * n) * size / bw, rel=0.02)
+    assert bc.seconds >= lower_bound_seconds(net, size, "broadcast") == size / bw
+
+
+def test_collective_errors():
+    net = make_interconnect("switch:6")
+    with pytest.raises(UserError, match="dbtree has no reduce_scatter"):
+        build_schedule("dbtree", net, "reduce_scatter")
+    with pytest.raises(UserError, match="hd allgather needs a power-of-two"):
+        build_schedule("hd", net, "allgather")
+    with pytest.raises(UserError, match="unknown collective 'gather'"):
+        build_schedule("ring", net, "gather")
+    with pytest.raises(UserError, match="bad broadcast root 6"):
+        build_schedule("ring", net, "broadcast", root=6)
+
+
+def test_link_statistics_count_every_byte_and_every_busy_second():
+    net = make_interconnect("torus:4x4", nis=4)
+    size = 4 * 2**20
+    for name in ("ring", "multiring", "multitree"):
+        sched = build_schedule(name, net)
+        res = simulate(sched, net, size, packet_bytes=16384, timeline=8)
+        per_msg = sched.message_bytes(size)
+        hops = np.array([len(net.route(m.src, m.dst)) for m in sched.messages])
+        assert res.link_bytes.sum() == pytest.approx((per_msg * hops).sum())
+        inj = [k for k, (u, *_r) in enumerate(net.links) if u < net.n]
+        assert res.link_bytes[inj].sum() == pytest.approx(per_msg.sum())  # each byte injected once
+        bw = np.array([lk[2] for lk in net.links])
+        assert np.allclose(res.link_busy, res.link_bytes / bw)  # store-and-forward: bytes / bandwidth
+        assert 0 < res.link_utilization.max() <= 1 + 1e-9
+        # the timeline spreads the same busy time over 8 intervals
+        assert res.link_timeline.shape == (len(net.links), 8)
+        assert np.allclose(res.link_timeline.sum(1) * res.seconds / 8, res.link_busy)
+    # multiring: every directed network link carries the same 2(n−1)/n · S/4 bytes
+    res = simulate(build_schedule("multiring", net), net, size, packet_bytes=16384)
+    network = [k for k, (u, v, *_r) in enumerate(net.links) if u >= net.n and v >= net.n]
+    assert np.allclose(res.link_bytes[network], 2 * 15 / 16 * size / 4)
+    # the ring uses one network link out of each router, the others stay idle
+    res = simulate(build_schedule("ring", net), net, size, packet_bytes=16384)
+    assert (res.link_bytes[network] > 0).sum() == net.n
+
+
+def test_a_straggler_delays_a_lockstep_ring_by_its_delay():
+    net = make_interconnect("ring:4", bandwidth=1e9, latency=0.0)
+    sched = build_schedule("ring", net)
+    base = simulate(sched, net, 4e6, packet_bytes=1e5).seconds
+    late = simulate(sched, net, 4e6, packet_bytes=1e5, delays={2: 1e-3}).seconds
+    assert late == pytest.approx(base + 1e-3)
+    assert simulate(sched, net, 4e6, packet_bytes=1e5, delays=[0, 0, 0, 0]).seconds == base
+    with pytest.raises(ValueError, match="bad delay"):
+        simulate(sched, net, 4e6, delays={5: 1.0})

@@ -215,3 +215,97 @@ def test_bandwidth_inf_from_the_shell_is_one_line(tmp_path):
     assert p.returncode == 2
     assert p.stderr.strip() == "distsgd: error: bad bandwidth 'inf': must be a finite number"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("collective", ["reduce_scatter", "allgather", "broadcast"])
+def test_other_collectives_and_their_bounds(tmp_path, capsys, collective):
+    target = tmp_path / "rows.json"
+    args = ["collectives", "--topology", "ring:4", "--sizes", "64KiB", "--collective", collective]
+    args += ["--json", str(target), "--root", "2" if collective == "broadcast" else "0"]
+    assert main(args) == 0
+    doc = json.loads(target.read_text())
+    defaults = {"ring", "biring"} | ({"multitree"} if collective != "broadcast" else set())
+    assert {r["algorithm"] for r in doc["rows"]} == defaults  # the default algorithms that apply here
+    node_bw = doc["interconnect"]["node_bandwidth"]
+    assert node_bw == 2 * 16e9  # 4 interfaces, but two network links out of a ring's router
+    bound = {"broadcast": 1.0}.get(collective, 3 / 4) * 65536 / node_bw
+    for r in doc["rows"]:
+        assert r["collective"] == collective
+        assert r["lower_bound_seconds"] == pytest.approx(bound)
+        assert r["seconds"] >= bound
+    title = {"reduce_scatter": "reduce-scatter", "allgather": "all-gather"}.get(collective, collective)
+    assert f"{title} on ring:4" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--collective", "gather"], "bad --collective 'gather' (choose from allreduce, reduce_scatter"),
+        (["--collective", "broadcast", "--root", "4"], "bad --root '4': ring:4 has nodes 0..3"),
+        (["--collective", "broadcast", "--root", "x"], "bad --root 'x'"),
+        (["--root", "1"], "--root is for --collective broadcast only"),
+        (
+            ["--collective", "allgather", "--algorithms", "dbtree"],
+            "dbtree has no allgather (choose from ring",
+        ),
+        (["--collective", "broadcast", "--algorithms", "multitree"], "multitree has no broadcast"),
+        (["--algorithms", "multiring"], "multiring needs a torus"),
+    ],
+)
+def test_bad_collective_options_give_one_line_and_exit_2(tmp_path, capsys, monkeypatch, args, expected):
+    monkeypatch.chdir(tmp_path)
+    assert main([*FAST, *args]) == 2
+    line = _one_line_error(capsys)
+    assert expected in line, line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_json_has_every_links_traffic_and_the_heatmap_is_written_only_where_asked(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    target, heat = tmp_path / "rows.json", tmp_path / "heat.png"
+    args = ["collectives", "--topology", "torus:3x3", "--sizes", "64KiB", "--algorithms", "ring,multiring"]
+    assert main([*args, "--json", str(target), "--timeline", "4", "--straggler", "1:2us"]) == 0
+    doc = json.loads(target.read_text())
+    links = doc["links"]
+    assert len(links) == 9 * 4 * 2 + 9 * 4  # 4 NIs each way per node, 4 network links per router
+    assert {lk["kind"] for lk in links} == {"injection", "ejection", "network"}
+    assert links[0] == {
+        "id": 0, "from": "node0", "to": "router0", "kind": "injection", "bandwidth": 16e9, "latency": 0.0
+    }  # fmt: skip
+    assert doc["stragglers"] == {"1": pytest.approx(2e-6)}
+    for r in doc["rows"]:
+        assert len(r["link_bytes"]) == len(r["link_utilization"]) == len(r["link_timeline"]) == len(links)
+        assert max(r["link_utilization"]) == pytest.approx(r["busiest_link_utilization"])
+        assert all(len(t) == 4 for t in r["link_timeline"])
+        assert r["seconds"] > 2e-6
+    multiring = next(r for r in doc["rows"] if r["algorithm"] == "multiring")
+    assert all(b > 0 for b, lk in zip(multiring["link_bytes"], links, strict=True) if lk["kind"] == "network")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.json"]  # no heat map unless asked
+    assert main([*args, "--heatmap", str(heat)]) == 0
+    assert heat.stat().st_size > 10_000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["heat.png", "rows.json"]
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--heatmap", "missing/h.png"], "--heatmap 'missing/h.png': directory 'missing' does not exist"),
+        (["--heatmap", "h.xyz"], "--heatmap 'h.xyz': unknown image format '.xyz'"),
+        (["--timeline", "4"], "--timeline goes into the --json output"),
+        (["--timeline", "0", "--json", "r.json"], "bad --timeline '0'"),
+        (["--timeline", "x", "--json", "r.json"], "bad --timeline 'x'"),
+        (["--straggler", "9:1us"], "bad --straggler '9:1us': node 9 is not one of 0..3"),
+        (["--straggler", "1"], "bad --straggler '1' (use NODE:DELAY"),
+        (["--straggler", "1:-1us"], "bad latency '-1us': must be >= 0"),
+        (["--straggler", "1:1us,1:2us"], "node 1 twice"),
+    ],
+)
+def test_bad_link_statistics_options_give_one_line_and_exit_2(tmp_path, capsys, monkeypatch, args, expected):
+    monkeypatch.chdir(tmp_path)
+    assert main([*FAST, *args]) == 2
+    line = _one_line_error(capsys)
+    assert expected in line, line
+    assert list(tmp_path.iterdir()) == []

@@ -111,15 +111,18 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_collectives(args) -> int:
-    from .collectives import build_schedule, make_interconnect
+    from .collectives import COLLECTIVE_ALGORITHMS, build_schedule, make_interconnect
     from .collectives.report import (
         check_output,
         check_plot_path,
         compare,
+        heatmap,
+        link_table,
         parse_bandwidth,
         parse_latency,
         parse_size,
         parse_sizes,
+        parse_stragglers,
         plot,
         print_table,
         write_json_atomic,
@@ -135,24 +138,75 @@ def _cmd_collectives(args) -> int:
     if not 1 <= nis <= 1024:
         raise UserError(f"bad --nis '{args.nis}': must be a whole number from 1 to 1024")
     net = make_interconnect(args.topology, bandwidth=bandwidth, latency=latency, nis=nis)
+    collective = args.collective.strip().lower().replace("-", "_")
+    collective = {"all_reduce": "allreduce", "all_gather": "allgather", "reducescatter": "reduce_scatter"}.get(
+        collective, collective
+    )
+    if collective not in COLLECTIVE_ALGORITHMS:
+        raise UserError(
+            f"bad --collective '{args.collective}' (choose from {', '.join(COLLECTIVE_ALGORITHMS)})"
+        )
+    try:
+        root = int(args.root)
+    except ValueError:
+        root = -1
+    if not 0 <= root < net.n:
+        raise UserError(f"bad --root '{args.root}': {net.name} has nodes 0..{net.n - 1}")
+    if args.root != "0" and collective != "broadcast":
+        raise UserError("--root is for --collective broadcast only")
     sizes = parse_sizes(args.sizes)
     if not sizes:
         raise UserError("--sizes is empty")
     packet = parse_size(args.packet, "packet size") if args.packet else None
     if args.plot:
         check_plot_path(args.plot)
+    if args.heatmap:
+        check_plot_path(args.heatmap, "--heatmap")
     if args.json:
         check_output(args.json, "--json")
-    names = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+    timeline = 0
+    if args.timeline is not None:
+        try:
+            timeline = int(args.timeline)
+        except ValueError:
+            timeline = 0
+        if not 1 <= timeline <= 10000:
+            raise UserError(f"bad --timeline '{args.timeline}': must be a whole number from 1 to 10000")
+        if not args.json:
+            raise UserError("--timeline goes into the --json output: give --json PATH too")
+    delays = parse_stragglers(args.straggler, net.n) if args.straggler else None
+    if args.algorithms is None:  # the default set, less those this collective or network lacks
+        wanted = ["ring", "biring", "multiring", "dbtree", "ring2d", "multitree"]
+        names = [a for a in wanted if a in COLLECTIVE_ALGORITHMS[collective]]
+        names = [a for a in names if a != "multiring" or (net.kind == "torus" and min(net.shape) >= 3)]
+        names = [a for a in names if a != "ring2d" or (net.direct and net.kind != "ring")]
+    else:
+        names = [a.strip() for a in args.algorithms.split(",") if a.strip()]
     if "ring" not in names:
         names.insert(0, "ring")  # the baseline every speedup is measured against
-    schedules = {name: build_schedule(name, net) for name in names}
-    rows = compare(net, schedules, sizes, packet, args.cut_through, lockstep=not args.dataflow)
+    schedules = {name: build_schedule(name, net, collective, root) for name in names}
+    rows = compare(
+        net,
+        schedules,
+        sizes,
+        packet,
+        args.cut_through,
+        lockstep=not args.dataflow,
+        collective=collective,
+        links=bool(args.json or args.heatmap),
+        timeline=timeline,
+        delays=delays,
+    )
     print_table(net, rows)
     if args.plot:
         print(plot(net, rows, args.plot))
+    if args.heatmap:
+        print(heatmap(net, rows, args.heatmap))
     if args.json:
-        print(write_json_atomic(args.json, {"interconnect": net.summary(), "rows": rows}))
+        doc = {"interconnect": net.summary(), "links": link_table(net), "rows": rows}
+        if delays:
+            doc["stragglers"] = {str(k): v for k, v in delays.items()}
+        print(write_json_atomic(args.json, doc))
     return 0
 
 
@@ -232,17 +286,26 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("name", nargs="?", help="show this entry only (e.g. choco_sgd, topk, geomed, alie, ring)")
     a.add_argument("--markdown", action="store_true", help="print the README's configuration reference")
     a.set_defaults(func=_cmd_algorithms)
-    c = sub.add_parser("collectives", help="simulate all-reduce algorithms on an interconnect")
+    c = sub.add_parser(
+        "collectives", help="simulate all-reduce, reduce-scatter, all-gather or broadcast algorithms on an interconnect"
+    )
     c.add_argument(
         "--topology",
         default="torus:4x4",
         help="ring:N, mesh:RxC, torus:RxC, switch:N, fattree:K, bigraph:PxS",
     )
     c.add_argument(
-        "--algorithms",
-        default="ring,dbtree,ring2d,multitree",
-        help="comma list of ring, hd, dbtree, ring2d, hierarchical, multitree",
+        "--collective",
+        default="allreduce",
+        help="allreduce (default), reduce_scatter, allgather or broadcast",
     )
+    c.add_argument(
+        "--algorithms",
+        help="comma list of ring, biring, multiring, hd, dbtree, ring2d, hierarchical, multitree "
+        "(reduce_scatter, allgather: ring, biring, multiring, hd, multitree; broadcast: ring, biring, "
+        "multiring; default: ring, biring, multiring, dbtree, ring2d, multitree where they apply)",
+    )
+    c.add_argument("--root", default="0", help="the source node of a broadcast (default: 0)")
     c.add_argument(
         "--sizes",
         default="32KiB..64MiB",
@@ -270,7 +333,25 @@ def parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--plot", metavar="PATH", help="write a plot of time against size here (default: none)")
     c.add_argument(
-        "--json", metavar="PATH", help="also write the rows as JSON here (its directory must exist)"
+        "--heatmap",
+        metavar="PATH",
+        help="write a plot of every link's utilization at the largest size here (default: none)",
+    )
+    c.add_argument(
+        "--timeline",
+        metavar="K",
+        help="with --json: also every link's utilization in K equal intervals of each run",
+    )
+    c.add_argument(
+        "--straggler",
+        metavar="NODE:DELAY[,...]",
+        help="nodes whose sends start that much late, e.g. 3:20us,7:1ms (default: none)",
+    )
+    c.add_argument(
+        "--json",
+        metavar="PATH",
+        help="also write the rows as JSON here, with every link's bytes, busy seconds and utilization "
+        "(its directory must exist)",
     )
     ne = sub.add_parser(
         "netem",

@@ -1,4 +1,9 @@
-"""Run any all-reduce schedule for real over torch.distributed point-to-point operations.
+"""Run any collective schedule for real over torch.distributed point-to-point operations.
+
+`ScheduleRunner(schedule)(tensor)` runs the schedule in place on a whole vector (an
+all-reduce sums it; see `schedules` for what each collective leaves where);
+`reduce_scatter`, `all_gather` and `broadcast` take the arguments of
+`dist.reduce_scatter_tensor`, `dist.all_gather_into_tensor` and `dist.broadcast`.
 
 Each rank walks the schedule in step order; in a step it posts every send it owes
 (reading its buffer as it was before the step) and every receive it expects, waits for
@@ -60,3 +65,37 @@ class ScheduleRunner:
                 else:
                     seg.copy_(buf)
         return tensor
+
+    def _expect(self, collective: str) -> None:
+        if self.schedule.collective != collective:
+            raise ValueError(f"this runner's schedule is a {self.schedule.collective}, not a {collective}")
+
+    def reduce_scatter(self, output: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
+        """output [m] = this rank's block of the sum of every rank's input [n·m], like
+        dist.reduce_scatter_tensor(output, input) with SUM; input is left unchanged."""
+        self._expect("reduce_scatter")
+        n, m = self.schedule.n, output.numel()
+        if input.numel() != n * m:
+            raise ValueError(f"input has {input.numel()} elements, not world size × output = {n * m}")
+        work = input.reshape(-1).clone()
+        self(work)
+        output.view(-1).copy_(work[self.rank * m : (self.rank + 1) * m])
+        return output
+
+    def all_gather(self, output: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
+        """output [n·m] = every rank's input [m] in rank order, like
+        dist.all_gather_into_tensor(output, input)."""
+        self._expect("allgather")
+        n, m = self.schedule.n, input.numel()
+        if output.numel() != n * m:
+            raise ValueError(f"output has {output.numel()} elements, not world size × input = {n * m}")
+        flat = output.view(-1)
+        flat[self.rank * m : (self.rank + 1) * m].copy_(input.reshape(-1))
+        self(flat)
+        return output
+
+    def broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every rank's tensor becomes the root's (the schedule's root), like
+        dist.broadcast(tensor, root)."""
+        self._expect("broadcast")
+        return self(tensor)

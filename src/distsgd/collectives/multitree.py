@@ -22,6 +22,7 @@ after its own subtree's has arrived. T is the number of steps per phase.
 
 from __future__ import annotations
 
+from ..errors import UserError
 from .interconnect import Interconnect
 from .schedules import COPY, REDUCE, Message, Schedule
 
@@ -94,16 +95,25 @@ def _grow(net, r, parents, tree, candidates, routes, used, send, recv, members, 
     return False
 
 
-def multitree(n: int, net: Interconnect, slots: int | None = None) -> Schedule:
-    """The MultiTree all-reduce schedule on `net` (see the module docstring)."""
+def multitree(n: int, net: Interconnect, slots: int | None = None, collective: str = "allreduce") -> Schedule:
+    """The MultiTree all-reduce schedule on `net` (see the module docstring); its
+    reduce-scatter (chunk r reduced up tree r to its root r) and all-gather (chunk r sent
+    down tree r) are the two phases alone, T steps each."""
     if net is None or net.n != n:
         raise ValueError("multitree needs the interconnect it is built for")
+    if collective not in ("allreduce", "reduce_scatter", "allgather"):
+        raise UserError(f"multitree has no {collective} (use ring, biring or multiring)")
     edges, T = build_trees(net, slots)
     msgs = []
+    ag0 = T if collective == "allreduce" else 0
     for r, c, p, t in edges:
-        msgs.append(Message(T - 1 - t, c, p, r, r + 1, REDUCE))  # reduce-scatter, upward
-        msgs.append(Message(T + t, p, c, r, r + 1, COPY))  # all-gather, downward
-    return Schedule("multitree", n, n, msgs, info={"steps_per_phase": T, "edges": edges})
+        if collective != "allgather":
+            msgs.append(Message(T - 1 - t, c, p, r, r + 1, REDUCE))  # reduce-scatter, upward
+        if collective != "reduce_scatter":
+            msgs.append(Message(ag0 + t, p, c, r, r + 1, COPY))  # all-gather, downward
+    return Schedule(
+        "multitree", n, n, msgs, info={"steps_per_phase": T, "edges": edges}, collective=collective
+    )
 
 
 def steps_lower_bound(net: Interconnect, slots: int | None = None) -> int:

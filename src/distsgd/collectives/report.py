@@ -1,10 +1,12 @@
-"""Compare all-reduce algorithms on one interconnect over a range of sizes: a table and a plot."""
+"""Compare collective algorithms on one interconnect over a range of sizes: a table and a plot."""
 
 from __future__ import annotations
 
 import math
 import re
 from pathlib import Path
+
+import numpy as np
 
 from ..errors import UserError
 from .interconnect import Interconnect
@@ -120,17 +122,33 @@ def write_json_atomic(path: str | Path, obj) -> Path:
     return out
 
 
-def check_plot_path(path: str | Path) -> Path:
+def check_plot_path(path: str | Path, what: str = "--plot") -> Path:
     """A plot file in an existing directory, in a format matplotlib writes (none given: PNG)."""
     from matplotlib.backend_bases import FigureCanvasBase
 
-    out = check_output(path, "--plot")
+    out = check_output(path, what)
     fmt = out.suffix.lstrip(".").lower()
     formats = FigureCanvasBase.get_supported_filetypes()
     if fmt and fmt not in formats:
         raise UserError(
-            f"--plot '{path}': unknown image format '.{fmt}' (use one of {', '.join(sorted(formats))})"
+            f"{what} '{path}': unknown image format '.{fmt}' (use one of {', '.join(sorted(formats))})"
         )
+    return out
+
+
+def parse_stragglers(text: str, n: int) -> dict[int, float]:
+    """`NODE:DELAY[,NODE:DELAY...]`, e.g. `3:20us,7:1ms`: nodes that start that much late."""
+    out: dict[int, float] = {}
+    for part in (p.strip() for p in text.split(",")):
+        node, sep, delay = part.partition(":")
+        if not sep or not node.strip().isdigit():
+            raise UserError(f"bad --straggler '{part}' (use NODE:DELAY, e.g. 3:20us)")
+        i = int(node)
+        if i >= n:
+            raise UserError(f"bad --straggler '{part}': node {i} is not one of 0..{n - 1}")
+        if i in out:
+            raise UserError(f"bad --straggler '{text}': node {i} twice")
+        out[i] = parse_latency(delay.strip())
     return out
 
 
@@ -172,21 +190,38 @@ def compare(
     packet: int | None = None,
     cut_through: bool = False,
     lockstep: bool = True,
+    collective: str = "allreduce",
+    links: bool = False,
+    timeline: int = 0,
+    delays=None,
 ) -> list[dict]:
+    """One row per size and algorithm. Every row has the busiest link's utilization; with
+    `links` also every link's bytes, busy seconds and utilization (lists in the order of
+    `link_table(net)`), with `timeline=K` each link's utilization in K equal intervals."""
     rows = []
     for size in sizes:
-        bound = lower_bound_seconds(net, size)
+        bound = lower_bound_seconds(net, size, collective)
         ring_time = None
         per = {}
         for name, sched in schedules.items():
             pk = packet_for(size, packet)
-            res = simulate(sched, net, size, packet_bytes=pk, cut_through=cut_through, lockstep=lockstep)
+            res = simulate(
+                sched,
+                net,
+                size,
+                packet_bytes=pk,
+                cut_through=cut_through,
+                lockstep=lockstep,
+                delays=delays,
+                timeline=timeline,
+            )
             per[name] = res
             if name == "ring":
                 ring_time = res.seconds
         for name, res in per.items():
-            rows.append(
-                {
+            util = res.link_utilization
+            row = {
+                    "collective": collective,
                     "size": size,
                     "algorithm": name,
                     "seconds": res.seconds,
@@ -198,17 +233,52 @@ def compare(
                     "steps": schedules[name].steps,
                     "events": res.events,
                     "sim_wall_seconds": res.wall_seconds,
+                    "busiest_link": int(util.argmax()),
+                    "busiest_link_utilization": float(util.max()),
                 }
-            )
+            if links:
+                row["link_bytes"] = res.link_bytes.tolist()
+                row["link_busy_seconds"] = res.link_busy.tolist()
+                row["link_utilization"] = util.tolist()
+            if timeline:
+                row["link_timeline"] = res.link_timeline.tolist()
+            rows.append(row)
     return rows
+
+
+def vertex_name(net: Interconnect, v: int) -> str:
+    """node<i> for compute nodes, router<i> (direct networks) or switch<k> after them."""
+    if v < net.n:
+        return f"node{v}"
+    return f"router{v - net.n}" if net.direct else f"switch{v - net.n}"
+
+
+def link_table(net: Interconnect) -> list[dict]:
+    """Every directed link: id, ends, kind (injection, ejection or network), bandwidth, latency."""
+    out = []
+    for k, (u, v, bw, lat) in enumerate(net.links):
+        kind = "injection" if u < net.n else "ejection" if v < net.n else "network"
+        out.append(
+            {
+                "id": k,
+                "from": vertex_name(net, u),
+                "to": vertex_name(net, v),
+                "kind": kind,
+                "bandwidth": bw,
+                "latency": lat,
+            }
+        )
+    return out
 
 
 def print_table(net: Interconnect, rows: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    what = rows[0]["collective"].replace("_", "-") if rows else "all-reduce"
+    what = {"allreduce": "all-reduce", "allgather": "all-gather"}.get(what, what)
     t = Table(
-        title=f"all-reduce on {net.name}: {net.bandwidth / 1e9:g} GB/s links, "
+        title=f"{what} on {net.name}: {net.bandwidth / 1e9:g} GB/s links, "
         f"{net.latency * 1e9:g} ns, {net.nis} NI(s) per node"
     )
     for col in ("size", "algorithm", "time", "algbw GB/s", "x bound", "speedup vs ring", "steps"):
@@ -242,7 +312,7 @@ def plot(net: Interconnect, rows: list[dict], path: str | Path) -> Path:
     ax.plot([b[0] for b in bound], [b[1] * 1e6 for b in bound], "k--", label="lower bound")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xlabel("all-reduce size (bytes)")
+    ax.set_xlabel(f"{rows[0]['collective'] if rows else 'allreduce'} size (bytes)")
     ax.set_ylabel("time (us)")
     ax.set_title(f"{net.name}, {net.nis} NI(s)")
     ax.grid(alpha=0.3)
@@ -251,3 +321,82 @@ def plot(net: Interconnect, rows: list[dict], path: str | Path) -> Path:
     from ..plots import save_figure
 
     return save_figure(fig, path)
+
+
+def heatmap(net: Interconnect, rows: list[dict], path: str | Path) -> Path:
+    """Link utilization at the largest size, one panel per algorithm. A mesh, torus or ring
+    is drawn as its grid: each directed router link a coloured segment beside its reverse
+    (wrap-around links as stubs at the border), each router's dot coloured by its node's
+    busiest interface. Switched networks: a from × to matrix of every directed link."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import LineCollection
+
+    size = max(r["size"] for r in rows)
+    last = [r for r in rows if r["size"] == size]
+    k = len(last)
+    cols = min(k, 3)
+    nrows = -(-k // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 4.6 * nrows), squeeze=False)
+    cmap = plt.get_cmap("inferno")
+    norm = matplotlib.colors.Normalize(0.0, 1.0)
+    for ax, r in zip(axes.flat, last, strict=False):
+        util = r["link_utilization"]
+        ax.set_title(f"{r['algorithm']}: {r['seconds'] * 1e6:.1f} us", fontsize=10)
+        if net.direct:
+            _grid_heat(ax, net, util, cmap, norm, LineCollection)
+        else:
+            mat = np.full((net.vertices, net.vertices), np.nan)
+            for lk, (u, v, *_rest) in enumerate(net.links):
+                mat[u, v] = max(util[lk], 0 if np.isnan(mat[u, v]) else mat[u, v])
+            ax.imshow(mat, cmap=cmap, norm=norm, interpolation="nearest")
+            ax.axvline(net.n - 0.5, color="grey", lw=0.5)
+            ax.axhline(net.n - 0.5, color="grey", lw=0.5)
+            ax.set_xlabel(f"to (nodes 0..{net.n - 1}, then switches)")
+            ax.set_ylabel("from")
+    for ax in list(axes.flat)[k:]:
+        ax.axis("off")
+    fig.suptitle(f"link utilization, {human(size)} on {net.name}, {net.nis} NI(s)")
+    fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes.ravel().tolist(), shrink=0.8)
+    from ..plots import save_figure
+
+    return save_figure(fig, path)
+
+
+def _grid_heat(ax, net: Interconnect, util, cmap, norm, LineCollection) -> None:
+    rows, cols = net.shape
+    n = net.n
+
+    def pos(router: int) -> tuple[float, float]:
+        r, c = divmod(router - n, cols)
+        return float(c), float(-r)
+
+    segs, colors = [], []
+    for lk, (u, v, *_rest) in enumerate(net.links):
+        if u < n or v < n:
+            continue
+        (x0, y0), (x1, y1) = pos(u), pos(v)
+        dx, dy = x1 - x0, y1 - y0
+        if abs(dx) + abs(dy) > 1:  # a wrap-around link: a stub leaving the border
+            dx, dy = -np.sign(dx) * 0.45, -np.sign(dy) * 0.45
+        else:
+            dx, dy = dx * 0.9, dy * 0.9
+        # offset to the right of the direction of travel so both directions show
+        ox, oy = dy * 0.08 / max(abs(dx) + abs(dy), 1e-9), -dx * 0.08 / max(abs(dx) + abs(dy), 1e-9)
+        start = (x0 + 0.05 * np.sign(dx) + ox, y0 + 0.05 * np.sign(dy) + oy)
+        segs.append([start, (x0 + dx + ox, y0 + dy + oy)])
+        colors.append(cmap(norm(util[lk])))
+    ax.add_collection(LineCollection(segs, colors=colors, linewidths=2.5))
+    inj = np.zeros(n)
+    for lk, (u, _v, *_rest) in enumerate(net.links):
+        if u < n:
+            inj[u] = max(inj[u], util[lk])
+    xs, ys = zip(*(pos(n + i) for i in range(n)), strict=True)
+    ax.scatter(xs, ys, c=[cmap(norm(x)) for x in inj], s=25, edgecolors="grey", linewidths=0.5, zorder=3)
+    ax.set_xlim(-0.7, cols - 0.3)
+    ax.set_ylim(-rows + 0.3, 0.7)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])

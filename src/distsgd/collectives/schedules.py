@@ -1,11 +1,21 @@
-"""All-reduce algorithms as explicit schedules of messages.
+"""Collective algorithms (all-reduce, reduce-scatter, all-gather, broadcast) as explicit
+schedules of messages.
 
 The vector of S bytes is cut into `chunks` pieces (chunk k has `sizes[k]` bytes). A
 message moves the contiguous chunk range [lo, hi) from src to dst at a logical step,
 and either adds it into the destination (`reduce`) or overwrites it (`copy`). A schedule
 is correct when, executed in step order (messages of one step all read the values from
-before that step), every node ends with the sum of all nodes' vectors: `execute` checks
-this on numbers, and tests check it for every algorithm, n and interconnect.
+before that step), every node ends with what its collective promises (`expected`):
+
+- allreduce: every node holds the sum of all nodes' vectors;
+- reduce_scatter: node i holds the sum of block i, where block i is the chunks
+  [i·chunks/n, (i+1)·chunks/n) (chunks is a multiple of n, all of equal size, so block i
+  is the i-th n-th of the vector, as in `torch.distributed.reduce_scatter_tensor`);
+- allgather: node i starts with block i only and every node ends with all blocks;
+- broadcast: every node ends with the vector of node `root`.
+
+`execute` runs a schedule on numbers, and tests check it against `expected` for every
+algorithm, n and interconnect.
 
 Timing is not decided here: the network simulator starts a message as soon as the data
 it carries is complete (every earlier-step message into src that overlaps its chunks has
@@ -22,6 +32,7 @@ from ..errors import UserError
 from .interconnect import Interconnect
 
 REDUCE, COPY = 0, 1
+COLLECTIVES = ("allreduce", "reduce_scatter", "allgather", "broadcast")
 
 
 @dataclass(frozen=True)
@@ -42,10 +53,21 @@ class Schedule:
     messages: list[Message]
     fractions: np.ndarray | None = None  # share of the vector per chunk (default equal)
     info: dict | None = None
+    collective: str = "allreduce"  # one of COLLECTIVES
+    root: int = 0  # the source of a broadcast
 
     def __post_init__(self):
         if self.fractions is None:
             self.fractions = np.full(self.chunks, 1.0 / self.chunks)
+        if self.collective not in COLLECTIVES:
+            raise ValueError(f"unknown collective {self.collective!r}")
+        if self.collective in ("reduce_scatter", "allgather") and self.chunks % self.n:
+            raise ValueError("a reduce-scatter or all-gather schedule needs a multiple of n chunks")
+
+    def block(self, node: int) -> tuple[int, int]:
+        """Chunk range [lo, hi) of node's block (reduce-scatter's result, all-gather's input)."""
+        per = self.chunks // self.n
+        return node * per, (node + 1) * per
 
     @property
     def steps(self) -> int:
@@ -83,6 +105,34 @@ def execute(schedule: Schedule, vectors: np.ndarray) -> np.ndarray:
     return buf
 
 
+def expected(schedule: Schedule, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What the collective must leave on every node, for data [n, L]: (values [n, L], mask
+    [n, L] of the entries the collective defines; the others are free scratch space).
+    For all-gather only block i of node i's input counts."""
+    x = np.asarray(vectors, dtype=np.float64)
+    n, length = x.shape
+    mask = np.ones_like(x, dtype=bool)
+    if schedule.collective == "allreduce":
+        return np.broadcast_to(x.sum(0), x.shape).copy(), mask
+    if schedule.collective == "broadcast":
+        return np.broadcast_to(x[schedule.root], x.shape).copy(), mask
+    bounds = schedule.chunk_bounds(length)
+    if schedule.collective == "allgather":
+        out = np.empty_like(x)
+        for i in range(n):
+            lo, hi = schedule.block(i)
+            out[:, bounds[lo] : bounds[hi]] = x[i, bounds[lo] : bounds[hi]]
+        return out, mask
+    total = x.sum(0)  # reduce_scatter
+    out = np.zeros_like(x)
+    mask[:] = False
+    for i in range(n):
+        lo, hi = schedule.block(i)
+        out[i, bounds[lo] : bounds[hi]] = total[bounds[lo] : bounds[hi]]
+        mask[i, bounds[lo] : bounds[hi]] = True
+    return out, mask
+
+
 # ---- ring ---------------------------------------------------------------------------
 def ring_order(net: Interconnect | None, n: int) -> list[int]:
     """A cycle through all nodes whose consecutive nodes are one hop apart when possible:
@@ -110,35 +160,206 @@ def ring_order(net: Interconnect | None, n: int) -> list[int]:
 def _ring_phases(order: list[int], chunk_of, step0: int, msgs: list[Message]) -> int:
     """Reduce-scatter then all-gather around `order` (n−1 steps each); chunk_of(k) maps the
     ring's k-th chunk to a global chunk id. Returns the next free step."""
+    step0 = _ring_rs(order, chunk_of, step0, msgs)
+    return _ring_ag(order, chunk_of, step0, msgs)
+
+
+def _ring_rs(order: list[int], chunk_of, step0: int, msgs: list[Message]) -> int:
+    """Ring reduce-scatter: at step s node k sends chunk (k − s) to k + 1, which adds it;
+    node k ends with the sum of chunk (k + 1)."""
     p = len(order)
-    for s in range(p - 1):  # reduce-scatter: node k sends chunk (k − s) to k + 1
+    for s in range(p - 1):
         for k in range(p):
             c = chunk_of((k - s) % p)
             msgs.append(Message(step0 + s, order[k], order[(k + 1) % p], c, c + 1, REDUCE))
-    step0 += p - 1
-    for s in range(p - 1):  # all-gather: node k forwards chunk (k + 1 − s)
+    return step0 + p - 1
+
+
+def _ring_ag(order: list[int], chunk_of, step0: int, msgs: list[Message]) -> int:
+    """Ring all-gather from node k holding chunk (k + 1): at step s node k forwards
+    chunk (k + 1 − s) to k + 1."""
+    p = len(order)
+    for s in range(p - 1):
         for k in range(p):
             c = chunk_of((k + 1 - s) % p)
             msgs.append(Message(step0 + s, order[k], order[(k + 1) % p], c, c + 1, COPY))
     return step0 + p - 1
 
 
-def ring(n: int, net: Interconnect | None = None) -> Schedule:
-    """Ring all-reduce (Patarasuk & Yuan 2009): n−1 reduce-scatter steps, n−1 all-gather
-    steps, each node sending S/n per step: 2(n−1)α + 2(n−1)/n · S/B."""
+def _rings(name: str, n: int, orders: list[list[int]], collective: str, root: int, pieces: int | None):
+    """The vector split evenly over the rings `orders` (each a cycle through all n nodes),
+    every ring running the collective on its share at the same time.
+
+    Reduce-scatter / all-gather / all-reduce: chunks = R·n (R rings); chunk b·R + r is
+    ring r's share of block b, so node b ends reduce-scatter owning block b (the ring's
+    chunk labels are rotated so that position k of a ring owns its own node's block).
+    Broadcast: every ring is cut at the root into a chain, and its share is pipelined down
+    the chain in `pieces` pieces (default 2n), n − 1 hops."""
+    R = len(orders)
     msgs: list[Message] = []
-    _ring_phases(ring_order(net, n), lambda k: k, 0, msgs)
-    return Schedule("ring", n, n, msgs)
+    if collective == "broadcast":
+        k = pieces or 2 * n
+        for r, order in enumerate(orders):
+            at = order.index(root)
+            chain = order[at:] + order[:at]
+            for c in range(k):
+                for h in range(n - 1):
+                    msgs.append(Message(c + h, chain[h], chain[h + 1], r * k + c, r * k + c + 1, COPY))
+        return Schedule(name, n, R * k, msgs, collective="broadcast", root=root)
+    step = 0
+    if collective in ("allreduce", "reduce_scatter"):
+        for r, order in enumerate(orders):
+            end = _ring_rs(order, lambda j, o=order, r=r: o[(j - 1) % n] * R + r, 0, msgs)
+        step = end
+    if collective in ("allreduce", "allgather"):
+        for r, order in enumerate(orders):
+            _ring_ag(order, lambda j, o=order, r=r: o[(j - 1) % n] * R + r, step, msgs)
+    return Schedule(name, n, R * n, msgs, collective=collective, root=root)
+
+
+def ring(
+    n: int,
+    net: Interconnect | None = None,
+    collective: str = "allreduce",
+    root: int = 0,
+    pieces: int | None = None,
+) -> Schedule:
+    """Ring all-reduce (Patarasuk & Yuan 2009): n−1 reduce-scatter steps, n−1 all-gather
+    steps, each node sending S/n per step: 2(n−1)α + 2(n−1)/n · S/B. Its reduce-scatter
+    and all-gather are the two halves; its broadcast is a pipelined chain from the root."""
+    return _rings("ring", n, [ring_order(net, n)], collective, root, pieces)
+
+
+def bidirectional_ring(
+    n: int,
+    net: Interconnect | None = None,
+    collective: str = "allreduce",
+    root: int = 0,
+    pieces: int | None = None,
+) -> Schedule:
+    """Two counter-rotating rings over the same cycle, each carrying half of the vector:
+    on a network with full-duplex links and ≥ 2 interfaces per node every link is used
+    both ways, (n−1)/n · S/B for an all-reduce instead of 2(n−1)/n · S/B."""
+    order = ring_order(net, n)
+    if n == 2:
+        return _rings("biring", n, [order], collective, root, pieces)
+    return _rings("biring", n, [order, order[::-1]], collective, root, pieces)
+
+
+def torus_hamiltonian_cycles(rows: int, cols: int, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Two edge-disjoint Hamiltonian cycles that together use every link of an R×C torus
+    (R, C ≥ 3; every torus has such a decomposition, Kotzig 1973). Start from the rows
+    (cycle A) and the columns (cycle B); swapping the colours of the four edges of a unit
+    square whose horizontal edges are in one and vertical edges in the other keeps both
+    2-regular and merges two cycles of each into one when they were different. Swap along
+    the diagonal, then search (seeded, deterministic) over such swaps until each colour is
+    one cycle. Returns the two cycles as node orders."""
+    import random
+
+    n = rows * cols
+
+    def nid(r: int, c: int) -> int:
+        return (r % rows) * cols + (c % cols)
+
+    # edge e = 2·node + 0: node → right neighbour; 2·node + 1: node → lower neighbour
+    ends = []
+    for v in range(n):
+        r, c = divmod(v, cols)
+        ends += [(v, nid(r, c + 1)), (v, nid(r + 1, c))]
+    color = [e & 1 for e in range(2 * n)]
+
+    def square(r: int, c: int) -> tuple[int, int, int, int]:
+        return 2 * nid(r, c), 2 * nid(r + 1, c), 2 * nid(r, c) + 1, 2 * nid(r, c + 1) + 1
+
+    def cycles(col: int) -> int:
+        parent = list(range(n))
+
+        def find(x: int) -> int:
+            while parent[x] != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        k = n
+        for e, (a, b) in enumerate(ends):
+            if color[e] == col:
+                fa, fb = find(a), find(b)
+                if fa != fb:
+                    parent[fa] = fb
+                    k -= 1
+        return k
+
+    def swap(r: int, c: int) -> None:
+        for e in square(r, c):
+            color[e] ^= 1
+
+    for i in range(min(rows, cols) - 1):
+        swap(i, i)
+    rng = random.Random(seed)
+    score = cycles(0) + cycles(1)
+    for _ in range(200 * n * n):
+        if score == 2:
+            break
+        r, c = rng.randrange(rows), rng.randrange(cols)
+        h1, h2, v1, v2 = square(r, c)
+        if not (color[h1] == color[h2] != color[v1] == color[v2]):
+            continue
+        swap(r, c)
+        new = cycles(0) + cycles(1)
+        if new < score or (new == score and rng.random() < 0.5):
+            score = new
+        else:
+            swap(r, c)
+    if score != 2:  # not seen for any torus up to 16×16
+        raise RuntimeError(f"no Hamiltonian decomposition found for torus {rows}x{cols}")
+    out = []
+    for col in (0, 1):
+        adj: list[list[int]] = [[] for _ in range(n)]
+        for e, (a, b) in enumerate(ends):
+            if color[e] == col:
+                adj[a].append(b)
+                adj[b].append(a)
+        order, prev = [0], -1
+        while len(order) < n:
+            v = order[-1]
+            nxt = adj[v][0] if adj[v][0] != prev else adj[v][1]
+            prev = v
+            order.append(nxt)
+        out.append(order)
+    return out[0], out[1]
+
+
+def multiring(
+    n: int,
+    net: Interconnect | None = None,
+    collective: str = "allreduce",
+    root: int = 0,
+    pieces: int | None = None,
+) -> Schedule:
+    """Edge-disjoint rings that use every link of an R×C torus (R, C ≥ 3), as NCCL does
+    with several rings: the torus split into two Hamiltonian cycles
+    (`torus_hamiltonian_cycles`), each run both ways, so four rings carry a quarter of the
+    vector each and every directed network link carries exactly one of them: (n−1)/n ·
+    S/(2B) for an all-reduce with 4 interfaces per node, the bandwidth lower bound."""
+    if net is None or net.kind != "torus" or min(net.shape) < 3:
+        raise UserError("multiring needs a torus RxC with both sides >= 3 (use biring elsewhere)")
+    a, b = torus_hamiltonian_cycles(*net.shape)
+    return _rings("multiring", n, [a, a[::-1], b, b[::-1]], collective, root, pieces)
 
 
 # ---- recursive halving-doubling -------------------------------------------------------
-def halving_doubling(n: int, net: Interconnect | None = None) -> Schedule:
+def halving_doubling(n: int, net: Interconnect | None = None, collective: str = "allreduce") -> Schedule:
     """Rabenseifner's all-reduce (Thakur, Rabenseifner, Gropp 2005): reduce-scatter by
     recursive halving, all-gather by recursive doubling, 2·log₂p steps for p = 2^⌊log₂ n⌋.
     When n is not a power of two, the r = n − p extra nodes first add their vector into
-    a partner and get the result back at the end (two extra steps)."""
+    a partner and get the result back at the end (two extra steps). Its reduce-scatter
+    and all-gather (the two halves) need n to be a power of two."""
     p = 1 << (n.bit_length() - 1)
     r = n - p
+    if collective not in ("allreduce", "reduce_scatter", "allgather"):
+        raise UserError(f"hd has no {collective}")
+    if collective != "allreduce" and r:
+        raise UserError(f"hd {collective} needs a power-of-two number of nodes, not {n}")
     msgs: list[Message] = []
     step = 0
     # node ids of the p participants; extra node p + i folds into participant i
@@ -148,25 +369,27 @@ def halving_doubling(n: int, net: Interconnect | None = None) -> Schedule:
         step += 1
     k = p.bit_length() - 1
     # reduce-scatter: chunk c ends on participant c; bit b processed from the top
-    for j in range(k):
-        b = 1 << (k - 1 - j)
-        for u in range(p):
-            partner = u ^ b
-            high = ~((b << 1) - 1) & (p - 1)  # bits already processed
-            base = (u & high) | (partner & b)
-            msgs.append(Message(step, u, partner, base, base + b, REDUCE))
-        step += 1
-    for j in range(k):  # all-gather: reverse order
-        b = 1 << j
-        for u in range(p):
-            partner = u ^ b
-            lo = u & ~(b - 1)  # u owns the chunks agreeing with it on every bit >= b
-            msgs.append(Message(step, u, partner, lo, lo + b, COPY))
-        step += 1
+    if collective != "allgather":
+        for j in range(k):
+            b = 1 << (k - 1 - j)
+            for u in range(p):
+                partner = u ^ b
+                high = ~((b << 1) - 1) & (p - 1)  # bits already processed
+                base = (u & high) | (partner & b)
+                msgs.append(Message(step, u, partner, base, base + b, REDUCE))
+            step += 1
+    if collective != "reduce_scatter":
+        for j in range(k):  # all-gather: reverse order
+            b = 1 << j
+            for u in range(p):
+                partner = u ^ b
+                lo = u & ~(b - 1)  # u owns the chunks agreeing with it on every bit >= b
+                msgs.append(Message(step, u, partner, lo, lo + b, COPY))
+            step += 1
     if r:
         for i in range(r):
             msgs.append(Message(step, i, p + i, 0, p, COPY))
-    return Schedule("halving_doubling", n, p, msgs)
+    return Schedule("halving_doubling", n, p, msgs, collective=collective)
 
 
 # ---- double binary tree ---------------------------------------------------------------
@@ -286,22 +509,31 @@ def hierarchical(n: int, net: Interconnect) -> Schedule:
     return Schedule("hierarchical", n, n, msgs)
 
 
-def lower_bound_seconds(net: Interconnect, size: float) -> float:
-    """Bandwidth lower bound on all-reduce time: 2(n−1)/n · S / B_node."""
-    return 2 * (net.n - 1) / net.n * size / net.node_bandwidth
+def lower_bound_seconds(net: Interconnect, size: float, collective: str = "allreduce") -> float:
+    """Bandwidth lower bound, B_node the least injection bandwidth of a node:
+    all-reduce 2(n−1)/n · S / B_node; reduce-scatter and all-gather (n−1)/n · S / B_node
+    (S the whole vector: reduce-scatter's input, all-gather's output); broadcast S / B_node
+    (every other node must receive all S bytes, the root must send them)."""
+    factor = {"allreduce": 2 * (net.n - 1) / net.n, "broadcast": 1.0}.get(collective, (net.n - 1) / net.n)
+    return factor * size / net.node_bandwidth
 
 
 __all__ = [
+    "COLLECTIVES",
     "COPY",
     "REDUCE",
     "Message",
     "Schedule",
+    "bidirectional_ring",
     "double_binary_tree",
     "execute",
+    "expected",
     "halving_doubling",
     "hierarchical",
     "lower_bound_seconds",
+    "multiring",
     "ring",
     "ring2d",
     "ring_order",
+    "torus_hamiltonian_cycles",
 ]

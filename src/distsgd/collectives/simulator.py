@@ -36,10 +36,20 @@ class SimResult:
     packets: int
     events: int
     wall_seconds: float
+    link_bytes: np.ndarray | None = None  # [links] bytes that crossed each directed link
+    link_busy: np.ndarray | None = None  # [links] seconds each link spent sending
+    link_timeline: np.ndarray | None = None  # [links, K] busy fraction per interval (timeline=K)
 
     @property
     def events_per_second(self) -> float:
         return self.events / self.wall_seconds if self.wall_seconds > 0 else float("inf")
+
+    @property
+    def link_utilization(self) -> np.ndarray:
+        """Busy time / total time per link (0 for a run of no time)."""
+        if self.seconds <= 0:
+            return np.zeros_like(self.link_busy)
+        return self.link_busy / self.seconds
 
 
 def dependencies(schedule: Schedule) -> list[list[int]]:
@@ -66,8 +76,17 @@ def simulate(
     packet_bytes: float = 4096,
     cut_through: bool = False,
     lockstep: bool = True,
+    delays=None,
+    timeline: int = 0,
 ) -> SimResult:
     t_wall = time.perf_counter()
+    delay = [0.0] * net.n
+    if delays is not None:
+        items = delays.items() if isinstance(delays, dict) else enumerate(delays)
+        for node, d in items:
+            if not 0 <= node < net.n or not (math.isfinite(d) and d >= 0):
+                raise ValueError(f"bad delay {d!r} for node {node}")
+            delay[node] = float(d)
     msgs = schedule.messages
     nbytes = schedule.message_bytes(size_bytes)
     bw = np.array([lk[2] for lk in net.links])
@@ -109,6 +128,9 @@ def simulate(
             for i in by_step[s]:
                 waiting[i] += 1  # the barrier of the step before
     free = [0.0] * len(net.links)
+    lbytes = [0.0] * len(net.links)
+    lbusy = [0.0] * len(net.links)
+    spans: list[tuple[int, float, float]] | None = [] if timeline > 0 else None
     left = [0] * len(msgs)  # packets not yet delivered
     heap: list = []
     seq = 0
@@ -128,7 +150,7 @@ def simulate(
         left[i] = count
         packets += count
         link = route[0]
-        t = max(now, free[link])
+        t0 = t = max(now, free[link], delay[msgs[i].src])
         last = size - (count - 1) * packet_bytes
         for k in range(count):
             pk = packet_bytes if k < count - 1 else last
@@ -138,6 +160,10 @@ def simulate(
             heapq.heappush(heap, (nxt, seq, i, 1, pk, t + lat_l[link]))
             seq += 1
         free[link] = t
+        lbytes[link] += size
+        lbusy[link] += t - t0
+        if spans is not None:
+            spans.append((link, t0, t))
 
     def release(j: int, now: float) -> None:
         waiting[j] -= 1
@@ -177,8 +203,39 @@ def simulate(
         else:
             arrive = done + lat_l[link]
         free[link] = done
+        lbytes[link] += pk
+        lbusy[link] += pk / bw_l[link]
+        if spans is not None:
+            spans.append((link, done - pk / bw_l[link], done))
         heapq.heappush(heap, (arrive, seq, i, hop + 1, pk, done + lat_l[link]))
         seq += 1
     if any(w > 0 for w in waiting):
         raise RuntimeError("schedule has a dependency cycle: some messages never started")
-    return SimResult(finish, len(msgs), packets, events, time.perf_counter() - t_wall)
+    tl = _timeline(spans, len(net.links), timeline, finish) if spans is not None else None
+    return SimResult(
+        finish,
+        len(msgs),
+        packets,
+        events,
+        time.perf_counter() - t_wall,
+        np.array(lbytes),
+        np.array(lbusy),
+        tl,
+    )
+
+
+def _timeline(spans, links: int, bins: int, finish: float) -> np.ndarray:
+    """Busy fraction of each link in each of `bins` equal intervals of [0, finish]."""
+    out = np.zeros((links, bins))
+    if finish <= 0 or not spans:
+        return out
+    width = finish / bins
+    for link, a, b in spans:
+        k = min(int(a / width), bins - 1)
+        while a < b and k < bins:
+            end = min(b, (k + 1) * width)
+            if end > a:
+                out[link, k] += end - a
+            a = end
+            k += 1
+    return np.clip(out / width, 0.0, 1.0)
