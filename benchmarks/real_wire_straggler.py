@@ -1,7 +1,7 @@
 """The straggler part of benchmarks/real_wire.py: one rank 4× slower in compute, 1 Gbit/s
 per node. AD-PSGD for real (distsgd.adpsgd_real: no barrier, atomic pairwise averaging,
 active/passive ring) against AllReduce-SGD and D-PSGD through the drop-in, time to 90% test
-accuracy (evaluation excluded; AD-PSGD's averaged model is snapshotted every 2 s).
+accuracy (evaluation excluded; AD-PSGD's averaged model is snapshotted every 3 s).
 
 Step sizes are tuned on validation accuracy with 2 seeds: the synchronous methods' steps to
 the target do not depend on the link or the straggler (it only stretches each step), so
@@ -19,7 +19,7 @@ STRAGGLER = {"1": 4.0}  # rank 1 (a passive rank of the active/passive split) is
 TARGET = 0.90
 SYNC = ["allreduce_sgd", "dpsgd_ring"]
 ADPSGD_GRID = [0.1, 0.2, 0.4]  # plain SGD (no momentum, batch 64 per gradient): the synchronous methods tuned to lr 0.4 with momentum 0.9
-ADPSGD_SECONDS = 75.0
+ADPSGD_SECONDS = 60.0
 
 
 def adpsgd(run_nodes, lr: float, seed: int, split: str, seconds: float) -> dict:
@@ -28,7 +28,7 @@ def adpsgd(run_nodes, lr: float, seed: int, split: str, seconds: float) -> dict:
         "lr": lr,
         "seed": seed,
         "max_seconds": seconds,
-        "snapshot_every": 2.0,
+        "snapshot_every": 3.0,
         "slowdown": STRAGGLER,
         "target": TARGET,
         "split": split,
