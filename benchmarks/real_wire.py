@@ -288,7 +288,7 @@ def table(res: dict) -> str:
         lines.append("")
     if "straggler" in res:
         s = res["straggler"]
-        lines += [f"## one rank 4× slower, {s['link']}: seconds to {TARGET:.0%} test accuracy", ""]
+        lines += [f"## one rank 4× slower, {s['link']}: seconds to {s['target']:.0%} test accuracy", ""]
         for m, r in s["methods"].items():
             mean = f"{r['mean']:.1f} ± {r['std']:.1f}" if r["mean"] else "not reached"
             lines.append(f"- {m} (lr {r['lr']:g}): {mean}  {r['seconds_to_target']}")
