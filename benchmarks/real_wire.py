@@ -135,39 +135,44 @@ def steps_to_target(runs: list[dict]) -> float:
     return statistics.mean(got) if len(got) == len(runs) else math.inf
 
 
+def widen(grid: dict, lrs, measure, field: str, quick: bool, label: str, on_point=None) -> str:
+    """Measure every lr of `lrs` not yet in `grid` (`measure(lr)` -> a dict whose `field` is
+    lower-is-better, None where the target was not reached), widening the grid by ×2 or ÷2
+    while the winner sits on its edge; each point is kept as it comes (`on_point`), so a
+    stopped tuning resumes where it was. Returns the best key."""
+    while True:
+        for lr in lrs:
+            key = f"{lr:g}"
+            if key not in grid:
+                grid[key] = measure(lr)
+                print(f"tune {label} lr={key}: {grid[key][field]}", flush=True)
+                if on_point:
+                    on_point()
+        keys = sorted(grid, key=float)
+        best = min(keys, key=lambda k: (math.inf if grid[k][field] is None else grid[k][field], float(k)))
+        if grid[best][field] is None or quick:
+            return best
+        if best == keys[0]:
+            lrs = [float(keys[0]) / 2]
+        elif best == keys[-1]:
+            lrs = [float(keys[-1]) * 2]
+        else:
+            return best
+
+
 def part_tune(res: dict, quick: bool, methods=TUNED, max_steps: int = 500, key="tune", target=TARGET, save=None) -> None:
     tune = res.setdefault(key, {})
     seeds = [0] if quick else [0, 1]
     for method in methods:
-        grid = {k: dict(v, steps_to_target=math.inf if v["steps_to_target"] is None else v["steps_to_target"])
-                for k, v in tune.get(method, {}).get("grid", {}).items()}
-        lrs = list(GRIDS.get(method, LR_GRID))
-        while True:
-            for lr in lrs:
-                key = f"{lr:g}"
-                if key not in grid:
-                    runs = [train(method, lr, s, "10Gbit/s", "validation", max_steps, target=target) for s in seeds]
-                    grid[key] = {"steps_to_target": steps_to_target(runs), "runs": [r["reached"] for r in runs]}
-                    print(f"tune {method} lr={key}: {grid[key]['steps_to_target']}", flush=True)
-                    tune[method] = {"grid": {k: dict(v, steps_to_target=_num(v["steps_to_target"]))
-                                             for k, v in grid.items()}}
-                    if save:
-                        save()  # each point is kept: a stopped tuning resumes where it was
-            keys = sorted(grid, key=float)
-            best = min(keys, key=lambda k: (grid[k]["steps_to_target"], float(k)))
-            if math.isinf(grid[best]["steps_to_target"]) or quick:
-                break
-            if best == keys[0]:
-                lrs = [float(keys[0]) / 2]
-            elif best == keys[-1]:
-                lrs = [float(keys[-1]) * 2]
-            else:
-                break
-        tune[method] = {
-            "grid": {k: dict(v, steps_to_target=_num(v["steps_to_target"])) for k, v in grid.items()},
-            "best_lr": float(best),
-            "steps_to_target": _num(grid[best]["steps_to_target"]),
-        }
+        grid = dict(tune.get(method, {}).get("grid", {}))
+        tune[method] = {"grid": grid}
+
+        def measure(lr, method=method):
+            runs = [train(method, lr, s, "10Gbit/s", "validation", max_steps, target=target) for s in seeds]
+            return {"steps_to_target": _num(steps_to_target(runs)), "runs": [r["reached"] for r in runs]}
+
+        best = widen(grid, GRIDS.get(method, LR_GRID), measure, "steps_to_target", quick, method, save)
+        tune[method] |= {"best_lr": float(best), "steps_to_target": grid[best]["steps_to_target"]}
 
 
 def _num(x: float):

@@ -11,7 +11,6 @@ in the benchmark's own setting (1 Gbit/s, the straggler), on seconds to the targ
 
 from __future__ import annotations
 
-import math
 import statistics
 
 LINK = "1Gbit/s"
@@ -49,38 +48,26 @@ def _stats(secs):
 
 def part_straggler(res: dict, quick: bool, run_nodes, train, part_tune, only_sync_tuning: bool = False,
                    save=None) -> None:
+    from real_wire import widen
+
     part_tune(res, quick, methods=SYNC, max_steps=500, key="straggler_tune", target=TARGET, save=save)
     if only_sync_tuning:
         return
     tune = res.setdefault("straggler_tune", {})
     seeds = [0] if quick else [0, 1]
     grid = dict(tune.get("adpsgd", {}).get("grid", {}))
-    lrs = list(ADPSGD_GRID)
-    while True:
-        for lr in lrs:
-            key = f"{lr:g}"
-            if key not in grid:
-                runs = [adpsgd(run_nodes, lr, s, "validation", ADPSGD_SECONDS) for s in seeds]
-                got = [r["reached"]["seconds"] for r in runs if r["reached"]]
-                grid[key] = {
-                    "seconds_to_target": statistics.mean(got) if len(got) == len(runs) else None,
-                    "runs": [r["reached"] for r in runs],
-                }
-                print(f"tune adpsgd lr={key}: {grid[key]['seconds_to_target']}", flush=True)
-                tune["adpsgd"] = {"grid": grid}
-                if save:
-                    save()
-        keys = sorted(grid, key=float)
-        best = min(keys, key=lambda k: (grid[k]["seconds_to_target"] or math.inf, float(k)))
-        if grid[best]["seconds_to_target"] is None or quick:
-            break
-        if best == keys[0]:
-            lrs = [float(keys[0]) / 2]
-        elif best == keys[-1]:
-            lrs = [float(keys[-1]) * 2]
-        else:
-            break
-    tune["adpsgd"] = {"grid": grid, "best_lr": float(best), "seconds_to_target": grid[best]["seconds_to_target"]}
+    tune["adpsgd"] = {"grid": grid}
+
+    def measure(lr):
+        runs = [adpsgd(run_nodes, lr, s, "validation", ADPSGD_SECONDS) for s in seeds]
+        got = [r["reached"]["seconds"] for r in runs if r["reached"]]
+        return {
+            "seconds_to_target": statistics.mean(got) if len(got) == len(runs) else None,
+            "runs": [r["reached"] for r in runs],
+        }
+
+    best = widen(grid, ADPSGD_GRID, measure, "seconds_to_target", quick, "adpsgd", save)
+    tune["adpsgd"] |= {"best_lr": float(best), "seconds_to_target": grid[best]["seconds_to_target"]}
 
     final_seeds = [0] if quick else [10, 11, 12]
     methods = {}
