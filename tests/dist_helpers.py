@@ -75,6 +75,16 @@ BASE_SPECS = {
         "name": "robust_gossip", "lr": 0.1, "topology": "exponential", "rule": {"name": "cclip", "tau": 0.5},
         "attack": "gaussian:1.0", "byzantine": [3],
     },
+    "fedavg_partial_failures_adam": {
+        "name": "fedavg", "lr": 0.1, "clients_per_round": 5, "local_steps": 3, "local_work": "uniform",
+        "participation": 0.8, "failure": 0.2, "server_optimizer": "adam", "server_lr": 0.05, "momentum": 0.5,
+    },
+    "fedavg_replacement_deadline": {
+        "name": "fedavg", "lr": 0.1, "clients_per_round": 6, "replacement": True, "sampling": "size",
+        "local_epochs": 1.0, "deadline": 0.04, "deadline_policy": "partial", "server_momentum": 0.7,
+    },
+    "fednova_uniform_steps": {"name": "fednova", "lr": 0.1, "clients_per_round": 4, "local_steps": 4, "local_work": "uniform", "momentum": 0.9},
+    "fedaware": {"name": "fedaware", "lr": 0.1, "clients_per_round": 3, "local_steps": 3, "projection": True},
     "robust_gossip_bgmd_ipm": {
         "name": "robust_gossip", "lr": 0.1, "topology": "exponential", "rule": {"name": "bgmd", "beta": 0.3},
         "attack": "ipm", "byzantine": [6],

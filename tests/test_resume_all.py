@@ -30,6 +30,12 @@ SPECS = {
     "local_sgd_randk": {
         "name": "local_sgd", "lr": 0.1, "local_steps": 3, "compressor": {"name": "randk", "ratio": 0.3, "scaled": False},
     },
+    "fedavg": {
+        "name": "fedavg", "lr": 0.1, "clients_per_round": 5, "local_steps": 3, "local_work": "uniform",
+        "participation": 0.8, "failure": 0.2, "server_optimizer": "yogi", "server_lr": 0.05,
+    },
+    "fednova": {"name": "fednova", "lr": 0.1, "clients_per_round": 4, "local_work": "uniform", "momentum": 0.9},
+    "fedaware": {"name": "fedaware", "lr": 0.1, "clients_per_round": 3, "local_steps": 2},
     "powersgd": {"name": "powersgd", "lr": 0.1, "rank": 2, "momentum": 0.9},
     "robust_sgd_bgmd_gaussian": {
         "name": "robust_sgd", "lr": 0.1, "aggregator": {"name": "bgmd", "beta": 0.2}, "attack": "gaussian:1.0", "f": 2,

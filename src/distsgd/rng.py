@@ -31,6 +31,8 @@ bgmd           step    BGMD's block sampling
 bucketing      step    bucketing's shuffle
 powersgd       layer   the PowerSGD compressor's initial Q (the same on every worker)
 events         0       AD-PSGD's discrete-event simulation (one process holds it all)
+clients        SERVER  federated rounds: which clients are sampled, their local steps,
+                       dropouts and failures (every process draws the same)
 =============  ======  ==============================================================
 """
 
@@ -51,6 +53,7 @@ PURPOSES = {
     "bucketing": "step",
     "powersgd": "layer",
     "events": "run",
+    "clients": "server",
 }
 
 _MASK = (1 << 63) - 1

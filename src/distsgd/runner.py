@@ -137,7 +137,10 @@ def _describe(algorithm) -> dict:
     if not is_dataclass(algorithm):
         return {"name": getattr(algorithm, "name", type(algorithm).__name__)}
     out = {}
+    engine = getattr(algorithm, "engine_fields", ())  # facts of the task, described by the task
     for k, v in vars(algorithm).items():
+        if k in engine:
+            continue
         if isinstance(v, Topology):
             v = v.summary()
         elif is_dataclass(v):  # an aggregator, attack or compressor: its type and fields
@@ -222,10 +225,11 @@ class _Loop:
     def wall(self) -> float:
         return self.wall_offset + time.perf_counter() - self.t0
 
-    def oracle(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Gradients of every local worker at x[m, d]; with `rows` (asynchronous algorithms,
-        which keep their own clock), of those workers only, at x[len(rows), d]."""
-        g, loss = self.workers.gradients(x, rows)
+    def oracle(self, x: torch.Tensor, rows: torch.Tensor | None = None, **kw) -> torch.Tensor:
+        """Gradients of every local worker at x[m, d]; with `rows` (asynchronous and
+        federated algorithms, which keep their own clock), of those workers only, at
+        x[len(rows), d]. Keyword options go to `Workers.gradients` unchanged."""
+        g, loss = self.workers.gradients(x, rows, **kw)
         loss = loss.detach().double().cpu()
         if rows is None:
             self.comm.compute()
@@ -246,9 +250,11 @@ class _Loop:
         process takes part in the averages, the writer evaluates."""
         comm, workers, task = self.comm, self.workers, self.task
         x = self.state["x"]
-        xbar = comm.average(x)
+        if getattr(self.algorithm, "global_model", False):  # one model, the same on every process
+            xbar, consensus = x[0], 0.0
+        else:
+            xbar, consensus = comm.average(x), comm.consensus_distance(x)
         buffers = workers.mean_buffers(comm)
-        consensus = comm.consensus_distance(x)
         batch_loss = float(comm.average((self.loss_sum / self.loss_count.clamp(min=1)).unsqueeze(1)))
         self.loss_sum.zero_()
         self.loss_count.zero_()
@@ -527,7 +533,8 @@ def train(
     if comm.n != task.n:
         raise UserError(f"the task has {task.n} workers, the communicator {comm.n}")
     try:
-        algorithm = bind(algorithm, task.n, seed, Flat.from_module(task.model).shapes)
+        facts = {"client_sizes": tuple(len(s) for s in task.shards), "batch_size": task.batch_size}
+        algorithm = bind(algorithm, task.n, seed, Flat.from_module(task.model).shapes, facts)
     except ValueError as e:
         raise UserError(f"algorithm: {e}") from None
     if hasattr(algorithm, "prepare_task"):  # e.g. label flipping by Byzantine workers

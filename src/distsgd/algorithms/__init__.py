@@ -8,6 +8,9 @@ from .compressed_sgd import CompressedSGD
 from .d2 import D2
 from .dpsgd import DPSGD
 from .ef21 import EF21, ef21_stepsize
+from .fedavg import FedAvg
+from .fedaware import FedAWARE
+from .fednova import FedNova
 from .local_sgd import LocalSGD
 from .powersgd import PowerSGD
 from .robust_sgd import RobustGossip, RobustSGD
@@ -23,6 +26,9 @@ __all__ = [
     "ChocoSGD",
     "DPSGD",
     "EF21",
+    "FedAvg",
+    "FedAWARE",
+    "FedNova",
     "Algorithm",
     "AllReduceSGD",
     "CompressedSGD",

@@ -69,11 +69,13 @@ Graph = Annotated[
 ]
 
 
-def bind(algorithm, n: int, seed: int = 0, shapes=None):
+def bind(algorithm, n: int, seed: int = 0, shapes=None, data: dict | None = None):
     """The algorithm ready for n workers: topology specs built for n (seeded), an unset
     `seed` set to the run's, an unset `shapes` (the model's layer shapes, for layer-wise
-    methods such as PowerSGD) filled in, then the algorithm's own `bind(n)` if it has one
-    (e.g. picking the Byzantine workers). Binding a bound algorithm changes nothing."""
+    methods such as PowerSGD) filled in, likewise unset options named in `data` (facts of
+    the task the engine knows: `client_sizes`, the workers' shard sizes, and `batch_size`),
+    then the algorithm's own `bind(n)` if it has one (e.g. picking the Byzantine workers).
+    Binding a bound algorithm changes nothing."""
     if not dataclasses.is_dataclass(algorithm):
         return algorithm
     for f in dataclasses.fields(algorithm):  # the parameters are float32: so must the options fit
@@ -90,6 +92,9 @@ def bind(algorithm, n: int, seed: int = 0, shapes=None):
         changes["seed"] = seed
     if "shapes" in names and algorithm.shapes is None and shapes is not None:
         changes["shapes"] = tuple(tuple(s) for s in shapes)
+    for key, value in (data or {}).items():
+        if key in names and getattr(algorithm, key) is None and value is not None:
+            changes[key] = value
     try:
         out = dataclasses.replace(algorithm, **changes) if changes else algorithm
         hook = getattr(out, "bind", None)

@@ -19,10 +19,14 @@ Byte accounting (b = bytes of one worker's payload, e.g. 4·d for d float32 valu
 - exchange over disjoint pairs: each paired worker sends and receives b; time α + b/β.
 - gather_to_server: each worker sends b, the server receives n·b; time α + n·b/β_server.
 - broadcast_from_server: the server sends n·b, each worker receives b; time α + n·b/β_server.
+- federated rounds, K clients taking part: `to_clients` (the server sends K·b, each of
+  them receives b) and `from_clients` (each sends b, the server receives K·b); time
+  α + K·b/β_server each. Clients not taking part send and receive nothing.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -141,6 +145,8 @@ class Communicator(Protocol):
     def gossip_payload(self, p, topology, decompress): ...  # compressed messages to neighbours, mixed
     def average(self, x: torch.Tensor) -> torch.Tensor: ...
     def compute(self) -> None: ...
+    def to_clients(self, v: torch.Tensor, clients: torch.Tensor) -> None: ...  # federated downlink
+    def from_clients(self, values: torch.Tensor, clients: torch.Tensor) -> torch.Tensor: ...  # uplink
 
 
 class CommunicatorBase:
@@ -199,6 +205,38 @@ class CommunicatorBase:
         t = self.traffic
         t.record(0.0, float(b), 0, self.network.transfer_seconds(1, self.n * b, server=True))
         t.server_sent += self.n * b
+
+    def _record_clients(self, clients: torch.Tensor, b: int, uplink: bool) -> float:
+        """K clients each send (uplink) or receive b bytes through the server's interface;
+        returns the transfer's seconds (α + K·b/β_server)."""
+        k = len(clients)
+        if k == 0:
+            return 0.0
+        one = torch.zeros(self.n, dtype=torch.float64).index_fill_(0, clients, 1.0)
+        seconds = self.network.transfer_seconds(1, k * b, server=True)
+        t = self.traffic
+        if uplink:
+            t.record(one * b, 0.0, one.long(), seconds)
+            t.server_received += k * b
+        else:
+            t.record(0.0, one * b, 0, seconds)
+            t.server_sent += k * b
+        return seconds
+
+    # -- federated rounds: a server and the clients taking part -----------------------------
+    def to_clients(self, v: torch.Tensor, clients: torch.Tensor) -> float:
+        """The server sends v (one row) to each of `clients` (sorted global ids). The
+        server is replicated (every process holds the global model), so nothing moves
+        between processes; Traffic records the downlink. Returns its seconds."""
+        return self._record_clients(clients, v.numel() * v.element_size(), uplink=False)
+
+    def from_clients(self, values: torch.Tensor, clients: torch.Tensor) -> torch.Tensor:
+        """Each of `clients` (sorted global ids) sends its row to the server: `values`
+        holds the rows of this process's clients among them, in order; returns all K rows
+        in the order of `clients`, on every process (the replicated server)."""
+        b = math.prod(values.shape[1:]) * values.element_size()
+        self._record_clients(clients, b, uplink=True)
+        return self._client_rows(values, clients)
 
     # -- compressed payloads ------------------------------------------------------------
     def gather_payload(self, p):

@@ -98,6 +98,9 @@ class SimulatedCommunicator(CommunicatorBase):
     def _gather_rows(self, p):
         return p
 
+    def _client_rows(self, values, clients):
+        return values
+
     def _broadcast_rows(self, p):
         return p
 

@@ -213,6 +213,22 @@ class TorchDistCommunicator(CommunicatorBase):
             wire[k] = torch.cat(parts)
         return replace(p, wire=wire)
 
+    def _client_rows(self, values: torch.Tensor, clients: torch.Tensor) -> torch.Tensor:
+        """All processes' client rows in the order of `clients`: one all-gather of every
+        process's rows, padded to the most any process holds (gloo gathers equal sizes)."""
+        per = [int(((clients >= q * self.m) & (clients < (q + 1) * self.m)).sum()) for q in range(self.world)]
+        if per[self.rank] != values.shape[0]:
+            raise ValueError(f"rank {self.rank} holds {per[self.rank]} of the clients but sent {values.shape[0]} rows")
+        most = max(per)
+        if most == 0:
+            return values.new_zeros(0, *values.shape[1:])
+        pad = values.new_zeros(most, *values.shape[1:])
+        pad[: values.shape[0]] = values
+        parts = [torch.empty_like(pad) for _ in range(self.world)]
+        self._wire_all_gather(pad)
+        dist.all_gather(parts, pad, group=self.group)
+        return torch.cat([parts[q][: per[q]] for q in range(self.world)])  # clients sorted: rank order
+
     def _broadcast_rows(self, p):
         """Nothing to send: every process computed the server's message from the same rows
         (the replicated server, see the module docstring)."""
