@@ -11,6 +11,15 @@ own shard, B samples a step, and moves to a new permutation (dropping the remain
 fewer than B are left, so every sample is seen at most once per local epoch. Worker i's permutations draw
 from its own generator, seeded from (seed, i): a process holding any slice of the
 workers draws exactly the batches the one-process simulation draws for them.
+
+The batch size may change from call to call (`gradients(x, batch_size=B)`, for methods that
+grow their batch such as DiveBatch): a worker's stream is a position in its sequence of
+permutations, and a draw of B takes the next B samples of the current permutation; if fewer
+than B are left in it, the rest of that local epoch is dropped and the draw starts the next
+permutation. The sequence of permutations itself never depends on B, so worker i's draws
+depend only on (seed, i) and the batch sizes asked of it. `indices=` bypasses the stream,
+and `per_sample=True` returns every sample's own gradient (a vmap over the samples nested in
+the vmap over the workers), e.g. for gradient diversity or per-sample clipping.
 """
 
 from __future__ import annotations
@@ -155,7 +164,12 @@ class WorkerBatchSampler(torch.utils.data.Sampler):
 
 
 class Workers:
-    """The m workers [start, start + m) of a task: batches, gradients and evaluation."""
+    """The m workers [start, start + m) of a task: batches, gradients and evaluation.
+
+    `samples_drawn[i]` (int64 [m]) counts the training samples local worker i has computed
+    gradients on (its stream's draws and the columns of `indices=`): the true epochs of a
+    run whose batch size varies are `samples_drawn.sum()` over all workers / len(train).
+    """
 
     def __init__(
         self, task: Task, seed: int = 0, start: int = 0, m: int | None = None, compile: bool = False
@@ -174,13 +188,15 @@ class Workers:
         self.generators = [torch.Generator().manual_seed(_worker_seed(seed, i)) for i in ids]
         b = self.batch_size
         self.sizes = torch.tensor([len(s) for s in self.shards])
-        self.per_epoch = self.sizes // b  # batches per local epoch (the remainder is dropped)
+        # permutations drawn per refill: fixed here from the task's batch size, whatever
+        # batch sizes are asked for later, so the sequence of permutations never depends on them
         self.epochs = torch.tensor([refill_epochs(len(s), b) for s in self.shards])
-        lengths = self.epochs * self.sizes
-        self.base = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)[:-1]])
-        self.perm = torch.empty(int(lengths.sum()), dtype=torch.long)
-        self.capacity = self.epochs * self.per_epoch  # batches in a worker's buffer
-        self.taken = self.capacity.clone()  # all used up: the first draw fills every buffer
+        self.lengths = self.epochs * self.sizes  # samples in a worker's buffer of permutations
+        self.base = torch.cat([torch.zeros(1, dtype=torch.long), self.lengths.cumsum(0)[:-1]])
+        self.perm = torch.empty(int(self.lengths.sum()), dtype=torch.long)
+        # each worker's position in its buffer, in samples; at the end: the first draw fills every buffer
+        self.cursor = self.lengths.clone()
+        self.samples_drawn = torch.zeros(self.m, dtype=torch.long)
         self._arange = torch.arange(self.batch_size)
         loss = task.loss
         # labels not known up front (a Dataset without .targets): check each batch as drawn
@@ -194,11 +210,16 @@ class Workers:
         def sample_loss(params, buffers, xb, yb):
             return loss(functional_call(self.model, (params, buffers, frozen), (xb,)), yb)
 
+        def own_loss(params, buffers, xi, yi):  # one sample's loss: the loss of a batch of one
+            return sample_loss(params, buffers, xi.unsqueeze(0), yi.unsqueeze(0))
+
         # Differentiate per layer, not through slices of the flat row: the backward of a
         # slice writes a zero-filled [d] gradient per layer, which costs more than the model.
         self._grad = vmap(grad_and_value(sample_loss))
         if compile:  # inductor fuses the batched kernels: ~1.4x faster, ~25 s to compile
             self._grad = torch.compile(self._grad, dynamic=False)
+        # per-sample: a vmap over one worker's samples (its parameters shared) inside the vmap over workers
+        self._per_sample_grad = vmap(vmap(grad_and_value(own_loss), in_dims=(None, None, 0, 0)))
 
     @property
     def d(self) -> int:
@@ -208,35 +229,90 @@ class Workers:
         """The common initial parameters, one row per local worker [m, d]."""
         return self.flat.flatten(self.model).unsqueeze(0).repeat(self.m, 1)
 
-    def next_batch(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def next_batch(self, rows: torch.Tensor | None = None, batch_size: int | None = None) -> torch.Tensor:
         """Indices [m, B] of every local worker's next mini-batch, or [len(rows), B] of the
         local workers `rows` only (asynchronous algorithms): each worker's sequence of
-        batches is the same either way."""
-        empty = self.taken >= self.capacity
-        if rows is not None:
-            empty = torch.zeros_like(empty).index_fill_(0, rows, True) & empty
-        for i in torch.nonzero(empty).flatten().tolist():
-            size, epochs, lo = int(self.sizes[i]), int(self.epochs[i]), int(self.base[i])
-            self.perm[lo : lo + epochs * size] = draw_permutations(self.shards[i], epochs, self.generators[i]).reshape(-1)
-            self.taken[i] = 0
+        batches is the same either way. B is `batch_size`, by default the task's.
+
+        A draw takes the next B samples of the worker's current permutation of its shard; when
+        fewer than B are left in it, the rest is dropped and the draw starts the next one."""
+        from .errors import UserError
+
+        b = self.batch_size if batch_size is None else int(batch_size)
+        sizes = self.sizes if rows is None else self.sizes[rows]
+        if batch_size is not None and not 1 <= b <= int(sizes.min()):
+            smallest = int(sizes.argmin()) if rows is None else int(rows[sizes.argmin()])
+            raise UserError(
+                f"batch_size={b} does not fit: worker {self.start + smallest} holds {int(sizes.min())} "
+                f"training samples (a batch is 1 to that many)"
+            )
+        cursor = self.cursor if rows is None else self.cursor[rows]
+        lengths = self.lengths if rows is None else self.lengths[rows]
+        off = cursor % sizes
+        first = torch.where(off + b > sizes, cursor - off + sizes, cursor)  # too few left: next permutation
+        empty = first >= lengths  # the buffer is used up: draw the next permutations
+        if bool(empty.any()):
+            local = torch.nonzero(empty).flatten()
+            for j, i in zip(local.tolist(), (local if rows is None else rows[local]).tolist(), strict=True):
+                size, epochs, lo = int(self.sizes[i]), int(self.epochs[i]), int(self.base[i])
+                self.perm[lo : lo + epochs * size] = draw_permutations(self.shards[i], epochs, self.generators[i]).reshape(-1)
+                first[j] = 0
+        arange = self._arange if b == self.batch_size else torch.arange(b)
+        base = self.base if rows is None else self.base[rows]
         if rows is None:
-            epoch, k = self.taken // self.per_epoch, self.taken % self.per_epoch
-            first = self.base + epoch * self.sizes + k * self.batch_size
-            self.taken += 1
+            self.cursor = first + b
+            self.samples_drawn += b
         else:
-            taken = self.taken[rows]
-            epoch, k = taken // self.per_epoch[rows], taken % self.per_epoch[rows]
-            first = self.base[rows] + epoch * self.sizes[rows] + k * self.batch_size
-            self.taken[rows] += 1
-        return self.perm[first.unsqueeze(1) + self._arange]
+            self.cursor[rows] = first + b
+            self.samples_drawn[rows] += b
+        return self.perm[(base + first).unsqueeze(1) + arange]
+
+    def _check_indices(self, indices, k: int) -> torch.Tensor:
+        from .errors import UserError
+
+        idx = torch.as_tensor(indices)
+        if idx.dtype != torch.long:
+            raise UserError(f"indices must be a LongTensor [workers, B] of dataset indices, got dtype {idx.dtype}")
+        if idx.dim() != 2 or idx.shape[0] != k or idx.shape[1] < 1:
+            raise UserError(f"indices must be [{k}, B] (one row per worker asked, B >= 1), got {list(idx.shape)}")
+        size = len(self.task.train)
+        if int(idx.min()) < 0 or int(idx.max()) >= size:
+            raise UserError(f"indices must lie in [0, {size}) (the training set), got {int(idx.min())}..{int(idx.max())}")
+        return idx
 
     def gradients(
-        self, x: torch.Tensor, rows: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        rows: torch.Tensor | None = None,
+        *,
+        batch_size: int | None = None,
+        indices: torch.Tensor | None = None,
+        per_sample: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One stochastic gradient per worker at its own row of x[m, d]: (g[m, d], loss[m]).
         With `rows` (local indices), x holds those workers' rows only and only they draw.
-        Each worker's buffers (BatchNorm statistics) advance with its own batch."""
-        idx = self.next_batch(rows)
+        Each worker's buffers (BatchNorm statistics) advance with its own batch.
+
+        batch_size=B: each worker draws its next B samples (default: the task's batch size).
+        indices=idx [m', B]: the dataset indices to use instead of drawing (the streams do
+        not move; `samples_drawn` counts the B columns, padding included).
+        per_sample=True: g is [m', B, d], row j of worker i the gradient of sample j's own
+        loss (a batch of one); loss[m'] stays the mean loss of the batch. Per-sample gradients
+        need a model whose forward leaves its buffers alone (no BatchNorm in training mode).
+        """
+        from .errors import UserError
+
+        k = x.shape[0]
+        if indices is not None:
+            if batch_size is not None:
+                raise UserError("give batch_size or indices, not both")
+            idx = self._check_indices(indices, k)
+            if rows is None:
+                self.samples_drawn += idx.shape[1]
+            else:
+                self.samples_drawn[rows] += idx.shape[1]
+        else:
+            idx = self.next_batch(rows, batch_size)
         xb, y = self.task.train.batch(idx)
         if self._classes is not None:
             from .tasks.user import check_labels
@@ -245,9 +321,22 @@ class Workers:
         if self._flip is not None:
             flip = self._flip if rows is None else torch.nonzero(torch.isin(rows, self._flip)).flatten()
             y[flip] = self.task.flipped(y[flip])
-        k = x.shape[0]
         layers = {name: self.flat.layer(x, name) for name in self.flat.names}
         buffers = self.buffers if rows is None else {n: b[rows] for n, b in self.buffers.items()}
+        if per_sample:
+            try:
+                grads, loss = self._per_sample_grad(layers, buffers, xb, y)
+            except (RuntimeError, NotImplementedError, TypeError, ValueError) as e:
+                if buffers:
+                    raise UserError(
+                        f"per-sample gradients need a model whose forward leaves its buffers alone "
+                        f"({', '.join(buffers)}): BatchNorm in training mode mixes the samples of a batch; "
+                        "use GroupNorm or LayerNorm"
+                    ) from None
+                raise not_vmappable(self.model, e, xb[0, 0]) from None
+            b = idx.shape[1]
+            g = torch.cat([grads[name].reshape(k, b, -1) for name in self.flat.names], dim=2)
+            return g, loss.mean(1)
         try:
             grads, loss = self._grad(layers, buffers, xb, y)
         except (RuntimeError, NotImplementedError, TypeError, ValueError) as e:
@@ -294,14 +383,25 @@ class Workers:
         return {
             "buffers": {n: b.clone() for n, b in self.buffers.items()},
             "perm": self.perm.clone(),
-            "taken": self.taken.clone(),
+            "cursor": self.cursor.clone(),
+            "samples_drawn": self.samples_drawn.clone(),
             "generators": [g.get_state() for g in self.generators],
         }
 
     def load_state_dict(self, s: dict) -> None:
+        """Restore `state_dict()`; a state from before variable batch sizes (batches `taken`
+        instead of a `cursor` in samples, no `samples_drawn`) loads too, its sample count
+        starting from 0."""
         for n, b in s.get("buffers", {}).items():
             self.buffers[n].copy_(b)
         self.perm = s["perm"].clone()
-        self.taken = s["taken"].clone()
+        if "cursor" in s:
+            self.cursor = s["cursor"].clone()
+        else:  # `taken` batches of the task's batch size, each local epoch's remainder dropped
+            per_epoch = self.sizes // self.batch_size
+            taken = s["taken"]
+            self.cursor = (taken // per_epoch) * self.sizes + (taken % per_epoch) * self.batch_size
+        if "samples_drawn" in s:
+            self.samples_drawn = s["samples_drawn"].clone()
         for g, st in zip(self.generators, s["generators"], strict=True):
             g.set_state(st)
