@@ -33,6 +33,9 @@ powersgd       layer   the PowerSGD compressor's initial Q (the same on every wo
 events         0       AD-PSGD's discrete-event simulation (one process holds it all)
 clients        SERVER  federated rounds: which clients are sampled, their local steps,
                        dropouts and failures (every process draws the same)
+dp_sampling    worker  DP-SGD's Poisson or uniform batches
+dp_noise       worker  DP-SGD's Gaussian noise
+input_noise    run     input perturbation of a task's training data (once)
 =============  ======  ==============================================================
 """
 
@@ -54,6 +57,9 @@ PURPOSES = {
     "powersgd": "layer",
     "events": "run",
     "clients": "server",
+    "dp_sampling": "worker",
+    "dp_noise": "worker",
+    "input_noise": "run",
 }
 
 _MASK = (1 << 63) - 1

@@ -1,4 +1,5 @@
-"""Datasets generated or shipped offline: MNIST-1D, scikit-learn digits, synthetic regression.
+"""Datasets generated or shipped offline: MNIST-1D, scikit-learn digits, synthetic regression,
+synthetic mobility counts (multivariate time-series forecasting).
 
 Each loader returns a `Dataset`: train and test tensors, the kind of target, and, for the
 synthetic sets whose workers differ by construction, the worker each training sample
@@ -8,6 +9,7 @@ belongs to (`groups`, used by the "natural" partition).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -18,7 +20,8 @@ import torch
 
 from ..errors import UserError
 
-DATASETS = ("mnist1d", "digits", "logistic", "least_squares")
+DATASETS = ("mnist1d", "digits", "logistic", "least_squares", "mobility")
+TIME_FEATURES = 4  # sin/cos of the hour of day and of the day of week, appended to each forecasting window
 
 
 @dataclass
@@ -148,3 +151,91 @@ def synthetic(
     x_test, y_test = draw(test_ids)
     target = "binary" if kind == "logistic" else "regression"
     return Dataset(kind, x, y, x_test, y_test, target, 1, groups=groups)
+
+
+def mobility_series(regions: int = 20, days: int = 72, steps_per_day: int = 48, seed: int = 0) -> torch.Tensor:
+    """Synthetic aggregated mobility counts [days·steps_per_day, regions] (float64): people
+    present in each region every 30 minutes, with daily and weekly seasonality.
+
+    Modelled on the call-detail-record aggregates of Arcolezi et al. (Neural Comput. Appl.
+    34:13355, 2022: people per 30 min in 6 Paris regions over 72 days). Region r has a size
+    s_r (log-uniform in [500, 20 000]) and a residential share w_r ∈ [0, 1]; its mean
+    occupancy at hour h of day-of-week k is
+
+        μ_r(h, k) = s_r · [w_r · (1 − 0.7·work(h)) + (1 − w_r) · (0.2 + work(h)) · office(k)] · (1 + 0.1·w_r·weekend(k))
+
+    with work(h) = exp(−((h − 13)/4)²) the daytime bump and office(k) = 0.45 on weekends, 1
+    otherwise (business districts empty out on Saturday and Sunday), and the counts are
+    Poisson(μ_r) draws."""
+    if regions < 1 or days < 2:
+        raise UserError(f"mobility needs regions >= 1 and days >= 2, got {regions} and {days}")
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(days * steps_per_day, dtype=torch.float64)
+    hour = (t % steps_per_day) / steps_per_day * 24
+    weekend = ((t // steps_per_day) % 7 >= 5).to(torch.float64)
+    size = torch.exp(torch.empty(regions, dtype=torch.float64).uniform_(math.log(500), math.log(20_000), generator=g))
+    resid = torch.rand(regions, generator=g, dtype=torch.float64)
+    work = torch.exp(-(((hour - 13) / 4) ** 2)).unsqueeze(1)
+    office = (1 - 0.55 * weekend).unsqueeze(1)
+    mean = size * (resid * (1 - 0.7 * work) + (1 - resid) * (0.2 + work) * office) * (1 + 0.1 * resid * weekend.unsqueeze(1))
+    return torch.poisson(mean, generator=g)
+
+
+def time_features(t: torch.Tensor, steps_per_day: int) -> torch.Tensor:
+    """[len(t), 4]: sin and cos of the hour of day and of the day of week (cyclic encodings)."""
+    day = 2 * math.pi * (t % steps_per_day) / steps_per_day
+    week = 2 * math.pi * (t % (7 * steps_per_day)) / (7 * steps_per_day)
+    return torch.stack([day.sin(), day.cos(), week.sin(), week.cos()], dim=1)
+
+
+def forecast_windows(
+    series: torch.Tensor, lags: int, test_steps: int, steps_per_day: int, train_series: torch.Tensor | None = None
+) -> tuple[torch.Tensor, ...]:
+    """One-step-ahead forecasting samples from a [T, R] series: input = the previous `lags`
+    values of every region (region-major, [R·lags]) and the target time's features; target =
+    the R values at that time. Train targets are the first T − test_steps times, test targets
+    the last test_steps. Each region is standardized by the mean and standard deviation of the
+    training part of `train_series` (default: `series`), which also supplies the training
+    windows: an input perturbation acts on it once, and the test windows read the clean series."""
+    train_series = series if train_series is None else train_series
+    total, regions = series.shape
+    split = total - test_steps
+    if lags < 1 or split <= lags:
+        raise UserError(f"a forecasting window of {lags} lags needs more than {lags} training steps, got {split}")
+    mu = train_series[:split].mean(0)
+    sd = train_series[:split].std(0).clamp(min=1e-6)
+
+    def windows(source: torch.Tensor, targets: torch.Tensor):
+        z = ((source - mu) / sd).float()
+        past = torch.stack([z[targets - lags + k] for k in range(lags)], dim=2)  # [N, R, lags]
+        x = torch.cat([past.reshape(len(targets), regions * lags), time_features(targets, steps_per_day).float()], dim=1)
+        return x, z[targets]
+
+    x, y = windows(train_series, torch.arange(lags, split))
+    x_test, y_test = windows(series, torch.arange(split, total))
+    return x, y, x_test, y_test
+
+
+def mobility(
+    regions: int = 20,
+    lags: int = 6,
+    days: int = 72,
+    test_days: int = 7,
+    steps_per_day: int = 48,
+    seed: int = 0,
+    perturb=None,
+) -> Dataset:
+    """Multivariate forecasting of synthetic mobility counts (`mobility_series`): from the
+    last `lags` half-hours of all regions (and the time), predict every region's next count,
+    standardized per region. The last `test_days` days are the test set (as Arcolezi et al.:
+    65 days to train, 7 to test). `perturb`, if given, maps the raw training series [T, R] to
+    a privatized one once, before anything is computed from it (input perturbation,
+    `distsgd.privacy.input_perturbation`); the test windows stay clean."""
+    series = mobility_series(regions, days, steps_per_day, seed)
+    test_steps = test_days * steps_per_day
+    train_series = series
+    if perturb is not None:
+        split = len(series) - test_steps
+        train_series = torch.cat([perturb(series[:split]), series[split:]])
+    x, y, x_test, y_test = forecast_windows(series, lags, test_steps, steps_per_day, train_series)
+    return Dataset("mobility", x, y, x_test, y_test, "regression", regions)

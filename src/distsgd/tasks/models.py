@@ -1,4 +1,5 @@
-"""Small models for the simulated tasks: linear, MLP and a 1D CNN (for MNIST-1D)."""
+"""Small models for the simulated tasks: linear, MLP, a 1D CNN (for MNIST-1D) and a 1D-conv
+forecaster (for the mobility time series)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from torch import nn
 
 from ..errors import UserError
 
-MODELS = ("linear", "mlp", "cnn1d")
+MODELS = ("linear", "mlp", "cnn1d", "forecast_cnn")
+TIME_FEATURES = 4  # as in datasets.TIME_FEATURES: the forecasting input's trailing time features
 
 
 class CNN1d(nn.Module):
@@ -31,6 +33,30 @@ class CNN1d(nn.Module):
         return self.head(h.flatten(-2))
 
 
+class ConvForecaster(nn.Module):
+    """A 1D-conv forecaster: the regions are the channels of a [R, lags] window, two temporal
+    convolutions (kernel 3, unpadded: causal within the window) read it, and a linear head on
+    their features and the time features predicts each region's change from its last value
+    (a persistence skip: ŷ = x_last + head(·), as temporal convolutional forecasters do)."""
+
+    def __init__(self, regions: int, lags: int, channels: int = 32, time_features: int = TIME_FEATURES):
+        super().__init__()
+        self.regions, self.lags = regions, lags
+        k1 = min(3, lags)
+        k2 = min(3, lags - k1 + 1)
+        self.conv1 = nn.Conv1d(regions, channels, k1)
+        self.conv2 = nn.Conv1d(channels, channels, k2)
+        width = lags - k1 + 1 - k2 + 1
+        self.head = nn.Linear(channels * width + time_features, regions)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        past = x[..., : self.regions * self.lags].reshape(*x.shape[:-1], self.regions, self.lags)
+        h = torch.relu(self.conv1(past))
+        h = torch.relu(self.conv2(h))
+        features = torch.cat([h.flatten(-2), x[..., self.regions * self.lags :]], dim=-1)
+        return past[..., -1] + self.head(features)
+
+
 def build_model(name: str, features: int, num_outputs: int, hidden: list[int]) -> nn.Module:
     if name == "linear":
         return nn.Linear(features, num_outputs)
@@ -44,4 +70,9 @@ def build_model(name: str, features: int, num_outputs: int, hidden: list[int]) -
         return nn.Sequential(*layers)
     if name == "cnn1d":
         return CNN1d(features, num_outputs)
+    if name == "forecast_cnn":
+        lags, rest = divmod(features - TIME_FEATURES, num_outputs)
+        if lags < 1 or rest:
+            raise UserError("model 'forecast_cnn' reads forecasting windows: use it with dataset 'mobility'")
+        return ConvForecaster(num_outputs, lags)
     raise UserError(f"unknown model '{name}' (choose from {', '.join(MODELS)})")

@@ -150,24 +150,45 @@ def make_task(
     samples_per_worker: int = 200,
     dim: int = 20,
     heterogeneity: float = 0.0,
+    regions: int = 20,
+    lags: int = 6,
+    input_epsilon: float | None = None,
+    input_mechanism: str = "laplace",
+    input_delta: float | None = None,
     seed: int = 0,
 ) -> Task:
     """Build data, shards and model. Every random choice draws from `seed`.
 
-    dataset: mnist1d | digits | logistic | least_squares; partition: iid | dirichlet |
+    dataset: mnist1d | digits | logistic | least_squares | mobility; partition: iid | dirichlet |
     labels (k = labels_per_worker) | natural (each synthetic worker keeps the data it
     generated; the default for synthetic data, iid otherwise).
+
+    mobility: one-step-ahead forecasting of synthetic counts in `regions` regions from the
+    last `lags` half-hours (mean squared error loss; model forecast_cnn, mlp or linear).
+    `input_epsilon` perturbs its training series once before training (input perturbation,
+    `distsgd.privacy.input_perturbation`: "laplace", or "gaussian" with `input_delta`).
     """
     if n_workers < 1:
         raise UserError(f"n_workers must be >= 1, got {n_workers}")
     if batch_size < 1:
         raise UserError(f"batch_size must be >= 1, got {batch_size}")
+    if input_epsilon is not None and dataset != "mobility":
+        raise UserError(f"input_epsilon (input perturbation) applies to the mobility dataset, not {dataset}")
+    if model == "forecast_cnn" and dataset != "mobility":
+        raise UserError(f"model 'forecast_cnn' reads forecasting windows: use it with dataset 'mobility', not {dataset}")
     if dataset == "mnist1d":
         data = ds.mnist1d(num_samples=num_samples)
     elif dataset == "digits":
         data = ds.digits(seed=seed)
     elif dataset in ("logistic", "least_squares"):
         data = ds.synthetic(dataset, n_workers, samples_per_worker, dim, heterogeneity, seed=seed)
+    elif dataset == "mobility":
+        perturb = None
+        if input_epsilon is not None:
+            from ..privacy.input_perturbation import series_perturbation
+
+            perturb = series_perturbation(input_epsilon, input_mechanism, delta=input_delta, seed=seed)
+        data = ds.mobility(regions=regions, lags=lags, seed=seed, perturb=perturb)
     else:
         raise UserError(f"unknown dataset '{dataset}' (choose from {', '.join(ds.DATASETS)})")
 
@@ -201,6 +222,8 @@ def make_task(
         net = build_model(model, data.features, data.num_classes, list(hidden))
     desc = {
         "dataset": dataset,
+        **({"regions": regions, "lags": lags} if dataset == "mobility" else {}),
+        **({"input_epsilon": input_epsilon, "input_mechanism": input_mechanism, "input_delta": input_delta} if input_epsilon is not None else {}),
         "model": model,
         "partition": partition,
         "n_workers": n_workers,
@@ -216,7 +239,7 @@ def make_task(
         net,
         batch_size,
         desc,
-        loss_for(data.kind),
+        F.mse_loss if dataset == "mobility" else loss_for(data.kind),
         data.kind,
         data.num_classes,
         dataset=data,
