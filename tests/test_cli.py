@@ -193,3 +193,119 @@ def test_collectives_errors(tmp_path, capsys, args, expected):
     line = _err(capsys)
     assert expected in line, line
     assert not (tmp_path / "x.png").exists()
+
+
+def _final(run_dir):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return summary["config"], {k: v for k, v in summary["final"].items() if k != "wall_seconds"}
+
+
+def test_overrides_equal_the_same_edit_in_the_file(tmp_path):
+    from distsgd.config import load_config
+
+    sets = ["-s", "algorithm.lr=0.05", "-s", "n_workers=9", "-s", "task.batch_size=4", "-s", "algorithm.topology=torus"]
+    sets += ["-s", "~checkpoint_every", "-s", "+network.latency=1e-3"]
+    assert main(["run", _write(tmp_path, GOOD), "--out", str(tmp_path / "a"), "--quiet", *sets]) == 0
+    edited = (
+        GOOD.replace("lr = 0.1", "lr = 0.05")
+        .replace("n_workers = 4", "n_workers = 9")
+        .replace("batch_size = 8", "batch_size = 4")
+        .replace('[algorithm.topology]\nname = "ring"', 'topology = "torus"\n[network]\nlatency = 1e-3')
+        .replace("checkpoint_every = 15\n", "")
+    )
+    assert main(["run", _write(tmp_path, edited, "edited.toml"), "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    a, b = tmp_path / "a" / "tiny", tmp_path / "b" / "tiny"
+    assert (a / "config.toml").read_text() == (b / "config.toml").read_text()
+    assert _final(a) == _final(b)
+    cfg_a = _final(a)[0]
+    assert cfg_a["algorithm"] == {"name": "dpsgd", "lr": 0.05, "topology": "torus"} and cfg_a["n_workers"] == 9
+    assert not (a / "checkpoint.pt").exists()
+    # the effective config is the whole config: loading it gives the run's config back
+    assert load_config(a / "config.toml").model_dump() == load_config(tmp_path / "edited.toml").model_dump()
+    assert not list(a.glob(".*tmp*"))  # written by rename, no temporary left
+    assert set(json.loads((a / "environment.json").read_text())) >= {"python", "torch", "torch_build", "cores"}
+
+
+def test_override_values_read_as_toml():
+    from distsgd.overrides import parse_override
+
+    assert parse_override("task.hidden=[64,64]").value == [64, 64]
+    assert parse_override('algorithm.compressor="topk:0.01"').value == "topk:0.01"
+    assert parse_override("algorithm.compressor=topk:0.01").value == "topk:0.01"  # not TOML: a string
+    assert parse_override("task.dataset=digits").value == "digits"
+    assert parse_override("compile=true").value is True and parse_override("algorithm.lr=.5").value == 0.5
+    assert parse_override("algorithm.topology={name='ring', mixing='uniform'}").value == {
+        "name": "ring",
+        "mixing": "uniform",
+    }
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("bogus=1", "with -s bogus=1: bogus: unknown key"),
+        ("algorithm.momentun=0.9", "with -s algorithm.momentun=0.9: algorithm.momentun: unknown option"),
+        ("n_workers=abc", "with -s n_workers=abc: n_workers: Input should be a valid integer (got 'abc')"),
+        ("algorithm.lr=fast", "algorithm.lr: Input should be a valid number (got 'fast')"),
+        ("task.batch_size=[8]", "task.batch_size: Input should be a valid integer"),
+        ("task.dataset.size=1", "-s task.dataset.size=1: task.dataset is 'digits', not a table"),
+        ("~task.nothing", "-s ~task.nothing: task.nothing is not in the config"),
+        ("algorithm..lr=1", "bad override 'algorithm..lr=1'"),
+        ("algorithm.lr", "expected KEY.PATH=VALUE"),
+    ],
+)
+def test_bad_overrides_give_one_line_and_exit_2(tmp_path, capsys, override, expected):
+    out = tmp_path / "runs"
+    assert main(["run", _write(tmp_path, GOOD), "--out", str(out), "--quiet", "-s", override]) == 2
+    line = _err(capsys)
+    assert line.startswith("distsgd: error: ") and expected in line, line
+    assert not out.exists()
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"distsgd {version('distsgd')}"
+
+
+def test_tensorboard_gets_every_metrics_row(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "runs"
+    assert main(["run", _write(tmp_path, GOOD), "--out", str(out), "--quiet", "--tensorboard"]) == 0
+    rows = [json.loads(x) for x in (out / "tiny" / "metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(out / "tiny" / "tensorboard"))
+    events.Reload()
+    acc = events.Scalars("test/acc")
+    assert [e.step for e in acc] == [r["step"] for r in rows]
+    assert [e.value for e in acc] == pytest.approx([r["test_acc"] for r in rows])
+    assert "cost/bytes_sent_per_worker" in events.Tags()["scalars"]
+
+
+def test_tensorboard_missing_is_one_line_with_the_pip_command(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as when not installed
+    out = tmp_path / "runs"
+    assert main(["run", _write(tmp_path, GOOD), "--out", str(out), "--quiet", "--tensorboard"]) == 2
+    assert "pip install tensorboard" in _err(capsys)
+    assert not out.exists()
+
+
+def test_the_effective_config_writer_round_trips_through_tomllib():
+    import tomllib
+
+    from distsgd.overrides import to_toml
+
+    data = {
+        "name": 'q"uo\\te\n\ttab\x7f\x01é',
+        "lr": -2.5e-7,
+        "big": 1e30,
+        "flag": False,
+        "n": 3,
+        "weird key": [1, [2.5, 3], {"x": "y"}],
+        "task": {"hidden": [64, 64], "sub": {"milestones": [0.5, 0.75]}, "only": {"deep": {"z": "w"}}},
+    }
+    assert tomllib.loads(to_toml(data)) == data

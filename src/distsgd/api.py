@@ -91,14 +91,33 @@ def _to_device(data, device: torch.device):
     return data
 
 
-def run_config(cfg: RunConfig, run_dir, *, backend: str = "sim", resume: bool = False, progress: bool = True):
-    """Build and train a validated config; `backend="torch"` needs an initialized process group."""
+def record_run(cfg: RunConfig, run_dir) -> None:
+    """config.toml (the effective config) and environment.json in the run directory, each
+    written atomically."""
+    import json
+
+    from .environment import environment
+    from .overrides import write_atomic, write_effective
+
+    write_effective(cfg, run_dir)
+    write_atomic(Path(run_dir) / "environment.json", json.dumps(environment(), indent=2) + "\n")
+
+
+def run_config(
+    cfg: RunConfig, run_dir, *, backend: str = "sim", resume: bool = False, progress: bool = True, sinks=None
+):
+    """Build and train a validated config; `backend="torch"` needs an initialized process group.
+    `sinks` receive every metrics row (`write(row)`) and are closed at the end (`close()`),
+    e.g. `distsgd.sinks.TensorBoardSink`. Before training, the run directory gets the
+    effective config (config.toml: every key, defaults included) and environment.json."""
     task, algorithm, network = build(cfg)
     comm = None
     if backend == "torch":
         from .comm.torchdist import TorchDistCommunicator
 
         comm = TorchDistCommunicator(cfg.n_workers, network)
+    if run_dir is not None and (comm is None or comm.start == 0):
+        record_run(cfg, run_dir)
     return train(
         task,
         algorithm,
@@ -116,4 +135,6 @@ def run_config(cfg: RunConfig, run_dir, *, backend: str = "sim", resume: bool = 
         compile=cfg.compile,
         lr_schedule=cfg.lr_schedule.build(),
         buffers=cfg.buffers,
+        sinks=sinks,
+        diagnostics=cfg.diagnostics,
     )

@@ -1,4 +1,5 @@
-"""The `distsgd` command: run, resume, plot, demo, algorithms. User errors: one line, exit code 2."""
+"""The `distsgd` command: run, sweep, report, plot, doctor, demo, algorithms, collectives, netem.
+User errors: one line, exit code 2."""
 
 from __future__ import annotations
 
@@ -12,21 +13,26 @@ from .errors import DistsgdError, Fault, UserError
 
 
 def _cmd_run(args) -> int:
+    from . import overrides
     from .api import run_config
-    from .config import load_config
 
-    cfg = load_config(args.config)
+    cfg, _ = overrides.load(args.config, [overrides.parse_override(o) for o in args.set])
     run_dir = Path(args.out or cfg.out_dir) / cfg.name
+    sinks = []
+    if args.tensorboard:
+        from .sinks import TensorBoardSink
+
+        sinks.append(TensorBoardSink(run_dir / "tensorboard"))
     if args.backend == "torch":
         _join_process_group(cfg)
         try:
-            res = run_config(cfg, run_dir, backend="torch", resume=args.resume, progress=not args.quiet)
+            res = run_config(cfg, run_dir, backend="torch", resume=args.resume, progress=not args.quiet, sinks=sinks)
         except BaseException:
             _abandon_process_group()
             raise
         _leave_process_group()
     else:
-        res = run_config(cfg, run_dir, resume=args.resume, progress=not args.quiet)
+        res = run_config(cfg, run_dir, resume=args.resume, progress=not args.quiet, sinks=sinks)
     if res.comm is not None and res.comm.start == 0 and not args.quiet:
         f = res.final
         shown = {k: f[k] for k in ("step", "test_acc", "test_loss", "train_loss", "sim_seconds") if k in f}
@@ -93,12 +99,52 @@ def _one_line(e: BaseException) -> str:
 
 
 def _cmd_plot(args) -> int:
-    from .plots import plot_runs, read_run
+    from .plots import plot_runs, read_run, unique_labels
 
     runs = [read_run(d) for d in args.run_dirs]
-    out = plot_runs(runs, args.output)
+    labels = unique_labels([name for name, _ in runs], args.run_dirs)
+    out = plot_runs([(label, rows) for label, (_, rows) in zip(labels, runs, strict=True)], args.output, args.title)
     print(out)
     return 0
+
+
+def _cmd_sweep(args) -> int:
+    from . import overrides, sweep
+
+    if args.seeds is not None and args.seeds < 1:
+        raise UserError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.jobs is not None and args.jobs < 1:
+        raise UserError(f"--jobs must be >= 1, got {args.jobs}")
+    say = (lambda _line: None) if args.quiet else (lambda line: print(line, flush=True))
+    res = sweep.run_sweep(
+        args.config,
+        sweep.parse_grid(args.grid),
+        seeds=args.seeds,
+        out=args.out,
+        jobs=args.jobs,
+        target=args.target,
+        select=args.select,
+        metric=args.metric,
+        tensorboard=args.tensorboard,
+        overrides=[overrides.parse_override(o) for o in args.set],
+        say=say,
+    )
+    sweep.print_summary(res, res.target)
+    print(f"ran {res.ran}, skipped {res.skipped} -> {res.root / 'sweep.md'}")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from .report import write_report
+
+    print(write_report(args.run_dirs, args.output, target=args.target, title=args.title))
+    return 0
+
+
+def _cmd_doctor(args) -> int:
+    from .doctor import doctor
+
+    return doctor()
 
 
 def _cmd_demo(args) -> int:
@@ -254,11 +300,28 @@ def _cmd_algorithms(args) -> int:
     return 0
 
 
+def _version() -> str:
+    from .environment import version
+
+    return f"distsgd {version()}"
+
+
+SET_HELP = (
+    "override a config value, e.g. -s algorithm.lr=0.1 -s task.hidden=[64,64] -s algorithm.compressor=topk:0.01 "
+    "(a TOML value; a bare word is a string; ~KEY removes a key); repeatable"
+)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="distsgd", description=__doc__)
+    p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="train from a TOML config")
     r.add_argument("config")
+    r.add_argument("-s", "--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    r.add_argument(
+        "--tensorboard", action="store_true", help="also write the metrics for TensorBoard (RUN_DIR/tensorboard)"
+    )
     r.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     r.add_argument(
         "--backend",
@@ -272,7 +335,56 @@ def parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="compare runs: accuracy and loss vs steps, bytes, time")
     pl.add_argument("run_dirs", nargs="+")
     pl.add_argument("-o", "--output", default="comparison.png")
+    pl.add_argument("--title", help="the figure's title")
     pl.set_defaults(func=_cmd_plot)
+    sw = sub.add_parser(
+        "sweep",
+        help="run a grid of config values x seeds (parallel, resumable) and summarize it",
+        description="Run every combination of the --grid values (and of a [sweep] table in CONFIG) x --seeds "
+        "into OUT/<name>/, skipping runs already finished with the same config, then print and write "
+        "sweep.md and sweep.json: mean ± std over seeds of the final test accuracy and loss, steps and "
+        "simulated seconds to --target, bytes per worker and simulated seconds.",
+    )
+    sw.add_argument("config")
+    sw.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="values of one key, e.g. algorithm.lr=0.01,0.03,0.1 (TOML values; commas inside [] do not split); "
+        "repeatable: the product is run",
+    )
+    sw.add_argument("--seeds", type=int, help="seeds per grid point: seed, seed+1, ... (default 1)")
+    sw.add_argument("-s", "--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    sw.add_argument("--out", help="folder of the sweep's folder (default: out_dir in the config)")
+    sw.add_argument("--jobs", type=int, help="runs at a time, one process and one thread each (default: cores/2)")
+    sw.add_argument("--target", type=float, help="test accuracy to time: steps and simulated seconds to reach it")
+    sw.add_argument("--select", metavar="KEY", help="pick the best value of this grid key per algorithm, e.g. lr")
+    sw.add_argument(
+        "--metric",
+        choices=("auto", "test_acc", "test_loss", "val_acc", "val_loss", "train_loss", "steps_to_target",
+                 "sim_seconds_to_target"),
+        help="what --select optimizes (auto: final validation accuracy if the runs have one, else final test loss)",
+    )
+    sw.add_argument("--tensorboard", action="store_true", help="also write each run's metrics for TensorBoard")
+    sw.add_argument("--quiet", action="store_true", help="print only the summary")
+    sw.set_defaults(func=_cmd_sweep)
+    rp = sub.add_parser(
+        "report",
+        help="one self-contained HTML page comparing runs: configs, plots, summary, environment",
+    )
+    rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, or folders of them (a sweep)")
+    rp.add_argument("-o", "--output", default="report.html")
+    rp.add_argument("--target", type=float, help="also steps and simulated seconds to this test accuracy")
+    rp.add_argument("--title", help="the page's title")
+    rp.set_defaults(func=_cmd_report)
+    dr = sub.add_parser(
+        "doctor",
+        help="check this machine for what runs need (torch, gloo, CUDA/NCCL, namespaces and tc, cores)",
+        description="Exit code 0: the basics work (optional features may be missing); 1: something every run "
+        "needs is missing (the table says how to fix it).",
+    )
+    dr.set_defaults(func=_cmd_doctor)
     d = sub.add_parser("demo", help="AllReduce-SGD vs Local SGD vs D-PSGD on MNIST-1D, 16 workers")
     d.add_argument("--steps", type=int, default=1500)
     d.add_argument("--workers", type=int, default=16)
@@ -380,9 +492,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 done; 2 a user error (config, input, file); 3 diverged (non-finite
-    loss or parameters); 4 a fault (a peer rank died or timed out, the disk is full);
-    130 interrupted. Each is one line on stderr, prefixed with the rank under torchrun."""
+    """Exit codes: 0 done; 1 `distsgd doctor` found a basic requirement missing; 2 a user
+    error (config, override, input, file); 3 diverged (non-finite loss or parameters); 4 a
+    fault (a peer rank died or timed out, the disk is full); 130 interrupted. Each error is
+    one line on stderr, prefixed with the rank under torchrun."""
     args = parser().parse_args(argv)
     distributed = getattr(args, "backend", None) == "torch"
     try:
