@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -52,3 +53,28 @@ def write_text(path: Path, text: str) -> Path:
     tmp.write_text(text)
     os.replace(tmp, path)
     return path
+
+
+def widen(grid: dict, lrs, measure, field: str, quick: bool, label: str, on_point=None) -> str:
+    """Measure every lr of `lrs` not yet in `grid` (`measure(lr)` -> a dict whose `field` is
+    lower-is-better, None where the target was not reached), widening the grid by ×2 or ÷2
+    while the winner sits on its edge; each point is kept as it comes (`on_point`), so a
+    stopped tuning resumes where it was. Returns the best key."""
+    while True:
+        for lr in lrs:
+            key = f"{lr:g}"
+            if key not in grid:
+                grid[key] = measure(lr)
+                print(f"tune {label} lr={key}: {grid[key][field]}", flush=True)
+                if on_point:
+                    on_point()
+        keys = sorted(grid, key=float)
+        best = min(keys, key=lambda k: (math.inf if grid[k][field] is None else grid[k][field], float(k)))
+        if grid[best][field] is None or quick:
+            return best
+        if best == keys[0]:
+            lrs = [float(keys[0]) / 2]
+        elif best == keys[-1]:
+            lrs = [float(keys[-1]) * 2]
+        else:
+            return best

@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, machine, write_result, write_text  # noqa: E402
+from _common import RESULTS, machine, widen, write_result, write_text  # noqa: E402
 
 from distsgd import netem  # noqa: E402
 from distsgd.collectives.report import parse_bandwidth  # noqa: E402
@@ -133,31 +133,6 @@ def train(method: str, lr: float, seed: int, link: str, split: str, max_steps: i
 def steps_to_target(runs: list[dict]) -> float:
     got = [r["reached"]["step"] for r in runs if r["reached"]]
     return statistics.mean(got) if len(got) == len(runs) else math.inf
-
-
-def widen(grid: dict, lrs, measure, field: str, quick: bool, label: str, on_point=None) -> str:
-    """Measure every lr of `lrs` not yet in `grid` (`measure(lr)` -> a dict whose `field` is
-    lower-is-better, None where the target was not reached), widening the grid by ×2 or ÷2
-    while the winner sits on its edge; each point is kept as it comes (`on_point`), so a
-    stopped tuning resumes where it was. Returns the best key."""
-    while True:
-        for lr in lrs:
-            key = f"{lr:g}"
-            if key not in grid:
-                grid[key] = measure(lr)
-                print(f"tune {label} lr={key}: {grid[key][field]}", flush=True)
-                if on_point:
-                    on_point()
-        keys = sorted(grid, key=float)
-        best = min(keys, key=lambda k: (math.inf if grid[k][field] is None else grid[k][field], float(k)))
-        if grid[best][field] is None or quick:
-            return best
-        if best == keys[0]:
-            lrs = [float(keys[0]) / 2]
-        elif best == keys[-1]:
-            lrs = [float(keys[-1]) * 2]
-        else:
-            return best
 
 
 def part_tune(res: dict, quick: bool, methods=TUNED, max_steps: int = 500, key="tune", target=TARGET, save=None) -> None:

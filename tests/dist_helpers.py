@@ -85,6 +85,14 @@ BASE_SPECS = {
     },
     "fednova_uniform_steps": {"name": "fednova", "lr": 0.1, "clients_per_round": 4, "local_steps": 4, "local_work": "uniform", "momentum": 0.9},
     "fedaware": {"name": "fedaware", "lr": 0.1, "clients_per_round": 3, "local_steps": 3, "projection": True},
+    "divebatch_growing": {
+        "name": "divebatch", "lr": 0.1, "batch_size": 16, "max_batch_size": 64, "resize_freq": 1, "delta": 0.5,
+        "adaptive_lr": True, "momentum": 0.9,
+    },
+    "dp_sgd_poisson_local": {"name": "dp_sgd", "lr": 0.1, "noise_multiplier": 1.0, "max_grad_norm": 1.0, "momentum": 0.9},
+    "dp_sgd_uniform_central": {
+        "name": "dp_sgd", "lr": 0.1, "noise_multiplier": 0.8, "sampling": "uniform", "mode": "central", "batch_size": 6,
+    },
     "robust_gossip_bgmd_ipm": {
         "name": "robust_gossip", "lr": 0.1, "topology": "exponential", "rule": {"name": "bgmd", "beta": 0.3},
         "attack": "ipm", "byzantine": [6],

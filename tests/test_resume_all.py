@@ -36,6 +36,14 @@ SPECS = {
     },
     "fednova": {"name": "fednova", "lr": 0.1, "clients_per_round": 4, "local_work": "uniform", "momentum": 0.9},
     "fedaware": {"name": "fedaware", "lr": 0.1, "clients_per_round": 3, "local_steps": 2},
+    "divebatch": {
+        "name": "divebatch", "lr": 0.1, "batch_size": 16, "max_batch_size": 64, "resize_freq": 1, "delta": 0.5,
+        "train_samples": 160, "adaptive_lr": True, "momentum": 0.9,
+    },
+    "dp_sgd": {
+        "name": "dp_sgd", "lr": 0.1, "noise_multiplier": 1.0, "target_epsilon": 50.0, "momentum": 0.9,
+        "inner": {"name": "local_sgd", "local_steps": 3},
+    },
     "powersgd": {"name": "powersgd", "lr": 0.1, "rank": 2, "momentum": 0.9},
     "robust_sgd_bgmd_gaussian": {
         "name": "robust_sgd", "lr": 0.1, "aggregator": {"name": "bgmd", "beta": 0.2}, "attack": "gaussian:1.0", "f": 2,

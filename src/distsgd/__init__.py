@@ -5,7 +5,7 @@ workers of any registered algorithm in one process; `DistributedOptimizer(optimi
 algorithm=...)` runs the same algorithm code in an ordinary torchrun training loop.
 """
 
-from . import algorithms, compress, robust
+from . import algorithms, compress, diagnostics, robust
 from .adpsgd_real import run_adpsgd
 from .algorithms import (
     ADPSGD,
@@ -16,6 +16,8 @@ from .algorithms import (
     AllReduceSGD,
     ChocoSGD,
     CompressedSGD,
+    DiveBatch,
+    DPSGDPrivate,
     FedAvg,
     FedAWARE,
     FedNova,
@@ -55,13 +57,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "run_adpsgd",
+    "diagnostics",
     "ADPSGD",
     "AGGREGATORS",
     "ALGORITHMS",
     "BGMD",
     "COMPRESSORS",
     "D2",
+    "DiveBatch",
     "DPSGD",
+    "DPSGDPrivate",
     "EF21",
     "FedAvg",
     "FedAWARE",

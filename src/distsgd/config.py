@@ -30,8 +30,12 @@ class _Strict(BaseModel):
 
 
 class TaskConfig(_Strict):
-    dataset: Literal["mnist1d", "digits", "logistic", "least_squares"] = Field("mnist1d", description="built-in dataset")
-    model: str = Field("mlp", description="linear, mlp, cnn1d, or the user's 'package.module:name' (a module or a factory)")
+    dataset: Literal["mnist1d", "digits", "logistic", "least_squares", "mobility"] = Field(
+        "mnist1d", description="built-in dataset (mobility: synthetic multi-region counts to forecast)"
+    )
+    model: str = Field(
+        "mlp", description="linear, mlp, cnn1d, forecast_cnn (mobility), or the user's 'package.module:name' (a module or a factory)"
+    )
     train: str | None = Field(None, description="the user's training Dataset (or a factory), by import path")
     test: str | None = Field(None, description="the user's test Dataset (or a factory), by import path")
     loss: str = Field(
@@ -48,6 +52,11 @@ class TaskConfig(_Strict):
     samples_per_worker: int = Field(200, ge=1, description="synthetic data: samples each worker generates")
     dim: int = Field(20, ge=1, description="synthetic data: features")
     heterogeneity: float = Field(0.0, ge=0, description="synthetic data: how far workers' optima and inputs differ (ζ)")
+    regions: int = Field(20, ge=1, description="mobility: regions whose counts are forecast")
+    lags: int = Field(6, ge=1, description="mobility: past half-hours the forecaster reads")
+    input_epsilon: float | None = Field(None, gt=0, description="mobility: ε of input perturbation (noise on the training series once)")
+    input_mechanism: Literal["laplace", "gaussian"] = Field("laplace", description="mobility: input perturbation's mechanism")
+    input_delta: float | None = Field(None, gt=0, lt=1, description="mobility: δ of the gaussian input perturbation")
 
     @model_validator(mode="after")
     def _user_or_builtin(self):
@@ -56,8 +65,8 @@ class TaskConfig(_Strict):
             raise ValueError("with train = an import path, model must be one too ('package.module:name')")
         if not user and ":" in self.model:
             raise ValueError("a user model needs its training data: set train = 'package.module:name'")
-        if not user and self.model not in ("linear", "mlp", "cnn1d"):
-            raise ValueError(f"unknown model {self.model!r} (linear, mlp, cnn1d, or 'package.module:name')")
+        if not user and self.model not in ("linear", "mlp", "cnn1d", "forecast_cnn"):
+            raise ValueError(f"unknown model {self.model!r} (linear, mlp, cnn1d, forecast_cnn, or 'package.module:name')")
         return self
 
 
@@ -119,6 +128,9 @@ class RunConfig(_Strict):
     buffers: Literal["average", "local"] | None = Field(
         None, description="model buffers (BatchNorm): averaged every step or kept per worker; the algorithm's default if unset"
     )
+    diagnostics: str | None = Field(
+        None, description='measurements added to every metrics row, e.g. "hessian_top,hessian_trace,sharpness:0.05"'
+    )
     task: TaskConfig = TaskConfig()
     algorithm: dict
     network: NetworkConfig = NetworkConfig()
@@ -129,6 +141,15 @@ class RunConfig(_Strict):
     def _one_folder(cls, v):
         if set(v) <= {"."}:
             raise ValueError(f"{v!r} is not a folder name under out_dir")
+        return v
+
+    @field_validator("diagnostics")
+    @classmethod
+    def _diagnostics(cls, v):
+        if v is not None:
+            from .diagnostics import parse
+
+            parse(v)
         return v
 
     @field_validator("algorithm")
@@ -190,6 +211,7 @@ def load_config(path: str | Path) -> RunConfig:
         raise UserError(f"{p}: invalid TOML: {e}") from None
     if isinstance(data, dict) and "source_dir" in data:
         raise UserError(f"{p}: source_dir: unknown key")
+    data = {k: v for k, v in data.items() if k != "sweep"}  # `distsgd sweep`'s table, not the run's
     return parse_config({**data, "source_dir": str(p.resolve().parent)}, str(p))
 
 
@@ -228,6 +250,11 @@ def build_task(cfg: RunConfig):
         samples_per_worker=t.samples_per_worker,
         dim=t.dim,
         heterogeneity=t.heterogeneity,
+        regions=t.regions,
+        lags=t.lags,
+        input_epsilon=t.input_epsilon,
+        input_mechanism=t.input_mechanism,
+        input_delta=t.input_delta,
         seed=cfg.seed,
     )
 

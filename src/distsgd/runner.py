@@ -50,6 +50,11 @@ METRIC_FIELDS = (
     "test_loss",
     "test_acc",
     "consensus_distance",
+    "epsilon",
+    "hessian_top",
+    "hessian_trace",
+    "gradient_diversity",
+    "avg_sharpness",
     "bytes_sent_per_worker",
     "bytes_sent_max_worker",
     "messages_per_worker",
@@ -211,8 +216,11 @@ def buffer_policy(algorithm, buffers: str | None) -> str:
 class _Loop:
     """What one run carries between steps: workers, state, loss sums, metrics, clock."""
 
-    def __init__(self, task: Task, algorithm, comm: Communicator, seed: int, compile: bool, policy: str):
+    def __init__(
+        self, task: Task, algorithm, comm: Communicator, seed: int, compile: bool, policy: str, diagnostics=()
+    ):
         self.task, self.algorithm, self.comm, self.policy = task, algorithm, comm, policy
+        self.diagnostics, self.seed = diagnostics, seed
         self.workers = Workers(task, seed=seed, start=comm.start, m=comm.m, compile=compile)
         self.state = algorithm.init(self.workers.x0(), comm)
         self.metrics: list[dict] = []
@@ -258,7 +266,11 @@ class _Loop:
         batch_loss = float(comm.average((self.loss_sum / self.loss_count.clamp(min=1)).unsqueeze(1)))
         self.loss_sum.zero_()
         self.loss_count.zero_()
-        epoch = step * task.n * task.batch_size / len(task.train)
+        drawn = getattr(workers, "samples_drawn", None)  # batches may vary (DiveBatch) or skip workers (federated)
+        if drawn is None:
+            epoch = step * task.n * task.batch_size / len(task.train)
+        else:
+            epoch = float(comm.average(drawn.double().unsqueeze(1))) * comm.n / len(task.train)
         row = {"step": step, "epoch": epoch, "batch_loss": batch_loss}
         if writer:
             f = workers.outputs(xbar, buffers)
@@ -268,6 +280,11 @@ class _Loop:
                 own = task.evaluate(workers.outputs(x[0]), "test")
                 row.update({f"worker0_{k}": v for k, v in own.items()})
         row["consensus_distance"] = consensus
+        if self.diagnostics and writer:  # opt-in: Hessian, sharpness, diversity of the averaged model
+            from . import diagnostics
+
+            whole = x if comm.m == comm.n else xbar.unsqueeze(0)  # under torchrun: the averaged model
+            row.update(diagnostics.measure(self.diagnostics, task, workers.model, whole, workers.flat, buffers=buffers, seed=self.seed))
         if hasattr(self.algorithm, "metrics"):
             row.update(self.algorithm.metrics(self.state))
         traffic = comm.traffic.summary()
@@ -511,6 +528,8 @@ def train(
     compile: bool = False,
     lr_schedule: LRSchedule | None = None,
     buffers: str | None = None,
+    sinks: list | None = None,
+    diagnostics: str | None = None,
 ) -> RunResult:
     """Train `task` with `algorithm` for `steps` steps; returns metrics, summary and state.
 
@@ -519,7 +538,10 @@ def train(
     were interrupted there (used to test resuming). `compile` runs the per-worker gradient
     through torch.compile (faster for long runs, ~25 s to compile first). `lr_schedule`
     scales the algorithm's `lr` step by step (see `distsgd.lr_schedule`). `buffers` is the
-    policy for the model's buffers (see `buffer_policy`).
+    policy for the model's buffers (see `buffer_policy`). `sinks` receive every metrics row
+    the writer records (`sink.write(row)`, e.g. a TensorBoard writer) and are closed at the
+    end (`sink.close()`). `diagnostics` ("hessian_top,hessian_trace,sharpness:0.05", see
+    `distsgd.diagnostics`) adds those measurements of the averaged model to every row.
     """
     # -- setup -----------------------------------------------------------------------------
     if steps < 1:
@@ -529,11 +551,18 @@ def train(
     if lr_schedule is not None and not hasattr(algorithm, "lr"):
         raise UserError(f"{type(algorithm).__name__} has no lr for a learning-rate schedule to scale")
     eval_every = eval_every or max(1, steps // 20)
+    diags = ()
+    if diagnostics:
+        from . import diagnostics as dg
+
+        diags = dg.parse(diagnostics)
+        if comm is not None and comm.m != comm.n and any(d.name == "avg_sharpness" for d in diags):
+            raise UserError("diagnostics: avg_sharpness needs every worker's model: measure it in simulation")
     comm = comm or SimulatedCommunicator(task.n, network)
     if comm.n != task.n:
         raise UserError(f"the task has {task.n} workers, the communicator {comm.n}")
     try:
-        facts = {"client_sizes": tuple(len(s) for s in task.shards), "batch_size": task.batch_size}
+        facts = {"client_sizes": tuple(len(s) for s in task.shards), "batch_size": task.batch_size, "run_steps": steps}
         algorithm = bind(algorithm, task.n, seed, Flat.from_module(task.model).shapes, facts)
     except ValueError as e:
         raise UserError(f"algorithm: {e}") from None
@@ -544,7 +573,7 @@ def train(
     out = Path(run_dir) if run_dir is not None else None
     ckpt_path = _checkpoint_path(out, comm)
     try:
-        loop = _Loop(task, algorithm, comm, seed, compile, buffer_policy(algorithm, buffers))
+        loop = _Loop(task, algorithm, comm, seed, compile, buffer_policy(algorithm, buffers), diags)
     except ValueError as e:  # the algorithm refuses this setup (e.g. its topology does not fit n)
         raise UserError(f"algorithm: {e}") from None
     identity = run_identity(task, algorithm, seed, comm.network, loop.policy, lr_schedule, loop.workers.d)
@@ -561,8 +590,17 @@ def train(
 
     # -- the loop --------------------------------------------------------------------------
     scaled, factor = algorithm, 1.0
+    stopped = None
+    exhausted = getattr(algorithm, "budget_exhausted", None)  # e.g. DP-SGD's privacy budget
     try:
         for t in range(loop.start_step, last):
+            if exhausted is not None and exhausted(loop.state):
+                stopped, last = "privacy budget exhausted", t
+                if not (loop.metrics and loop.metrics[-1]["step"] == t):  # every process: evaluate is collective
+                    loop.metrics.append(loop.evaluate(t, writer))
+                    if writer and out is not None:
+                        _write_metrics(out, loop.metrics)
+                break
             if lr_schedule is not None and (f := lr_schedule.factor(t, steps)) != factor:
                 scaled, factor = replace(algorithm, lr=algorithm.lr * f), f
             loop.step(scaled)
@@ -582,6 +620,9 @@ def train(
             if evaluating:
                 row = loop.evaluate(step, writer)
                 loop.metrics.append(row)
+                if writer:
+                    for sink in sinks or ():
+                        sink.write(row)
                 if writer and out is not None:
                     _write_metrics(out, loop.metrics)
                 acc = row.get("test_acc")
@@ -593,12 +634,15 @@ def train(
                 loop.saved_step = step
     finally:
         bar.close()
+        for sink in sinks or ():
+            sink.close()
 
     # -- summary ---------------------------------------------------------------------------
     summary = {
         "name": name,
         "steps": last,
         "finished": last == steps,
+        "stopped": stopped,
         "algorithm": _describe(algorithm),
         "lr_schedule": asdict(lr_schedule) if lr_schedule is not None else None,
         "task": task.description,

@@ -6,6 +6,8 @@ from .base import ALGORITHMS, Algorithm, Oracle, State, bind, options, sgd_direc
 from .choco_sgd import ChocoSGD
 from .compressed_sgd import CompressedSGD
 from .d2 import D2
+from .divebatch import DiveBatch
+from .dp_sgd import DPSGDPrivate
 from .dpsgd import DPSGD
 from .ef21 import EF21, ef21_stepsize
 from .fedavg import FedAvg
@@ -24,7 +26,9 @@ __all__ = [
     "ADPSGD",
     "D2",
     "ChocoSGD",
+    "DiveBatch",
     "DPSGD",
+    "DPSGDPrivate",
     "EF21",
     "FedAvg",
     "FedAWARE",

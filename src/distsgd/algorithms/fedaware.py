@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import numpy as np
 import torch
 from pydantic import Field
 
@@ -43,48 +44,48 @@ FW_STOP = 1e-5
 
 
 def _min_norm_from2(v1v1, v1v2, v2v2):
-    """argmin_γ ‖γ v₁ + (1 − γ) v₂‖² from the inner products (elementwise on tensors), with
+    """argmin_γ ‖γ v₁ + (1 − γ) v₂‖² from the inner products (elementwise on arrays), with
     the clamps of the multi-objective solver (γ = 0.999 or 0.001 at the ends): (γ, cost)."""
-    denom = (v1v1 + v2v2 - 2 * v1v2).clamp(min=1e-300)
-    gamma = -(v1v2 - v2v2) / denom
+    v1v1, v1v2, v2v2 = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (v1v1, v1v2, v2v2)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gamma = -(v1v2 - v2v2) / np.maximum(v1v1 + v2v2 - 2 * v1v2, 1e-300)
     cost = v2v2 + gamma * (v1v2 - v2v2)
     right = v1v2 >= v1v1
     left = ~right & (v1v2 >= v2v2)
-    gamma = torch.where(right, torch.full_like(gamma, 0.999), torch.where(left, torch.full_like(gamma, 0.001), gamma))
-    cost = torch.where(right, v1v1, torch.where(left, v2v2, cost))
+    gamma = np.where(right, 0.999, np.where(left, 0.001, gamma))
+    cost = np.where(right, v1v1, np.where(left, v2v2, cost))
     return gamma, cost
 
 
 def min_norm_weights(gram: torch.Tensor) -> torch.Tensor:
     """λ ∈ the simplex minimizing λᵀ G λ = ‖Σ λ_k u_k‖² for the Gram matrix G = U Uᵀ [N, N]:
     the best pair first, then Frank–Wolfe with exact line search (Sener & Koltun, NeurIPS
-    2018, Algorithm 2, as FedAWARE's solver runs it)."""
-    g = gram.double()
+    2018, Algorithm 2, as FedAWARE's solver runs it). The loop runs in NumPy (float64):
+    up to 1000 small iterations, where torch's per-call overhead would dominate."""
+    g = gram.double().cpu().numpy()
     n = g.shape[0]
-    sol = torch.zeros(n, dtype=torch.float64)
+    sol = np.zeros(n)
     if n == 1:
         sol[0] = 1.0
-        return sol
-    diag = g.diagonal()
-    gamma, cost = _min_norm_from2(diag.unsqueeze(1).expand(n, n), g, diag.unsqueeze(0).expand(n, n))
-    upper = torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1)
-    cost = torch.where(upper, cost, torch.full_like(cost, float("inf")))
-    best = int(torch.argmin(cost))
-    i, j = divmod(best, n)
+        return torch.from_numpy(sol)
+    diag = np.diag(g)
+    gamma, cost = _min_norm_from2(diag[:, None], g, diag[None, :])
+    cost = np.where(np.triu(np.ones((n, n), dtype=bool), k=1), cost, np.inf)
+    i, j = divmod(int(np.argmin(cost)), n)
     sol[i], sol[j] = gamma[i, j], 1 - gamma[i, j]
     if n < 3:
-        return sol
+        return torch.from_numpy(sol)
     for _ in range(FW_MAX_ITER):
         gs = g @ sol
-        t = int(torch.argmin(gs))
+        t = int(np.argmin(gs))
         nc, _ = _min_norm_from2(sol @ gs, gs[t], g[t, t])
-        new = nc * sol
-        new[t] += 1 - nc
-        change = float((new - sol).abs().sum())
+        new = float(nc) * sol
+        new[t] += 1 - float(nc)
+        change = float(np.abs(new - sol).sum())
         sol = new
         if change < FW_STOP:
             break
-    return sol
+    return torch.from_numpy(sol)
 
 
 @ALGORITHMS.register(paper="Zeng et al., arXiv 2310.02702", hidden=("client_sizes", "batch_size"))
