@@ -108,16 +108,15 @@ def run_config(
 ):
     """Build and train a validated config; `backend="torch"` needs an initialized process group.
     `sinks` receive every metrics row (`write(row)`) and are closed at the end (`close()`),
-    e.g. `distsgd.sinks.TensorBoardSink`. Before training, the run directory gets the
-    effective config (config.toml: every key, defaults included) and environment.json."""
+    e.g. `distsgd.sinks.TensorBoardSink`. Before the first step (after a resume is accepted),
+    the run directory gets the effective config (config.toml: every key, defaults included)
+    and environment.json."""
     task, algorithm, network = build(cfg)
     comm = None
     if backend == "torch":
         from .comm.torchdist import TorchDistCommunicator
 
         comm = TorchDistCommunicator(cfg.n_workers, network)
-    if run_dir is not None and (comm is None or comm.start == 0):
-        record_run(cfg, run_dir)
     return train(
         task,
         algorithm,
@@ -137,4 +136,5 @@ def run_config(
         buffers=cfg.buffers,
         sinks=sinks,
         diagnostics=cfg.diagnostics,
+        on_start=(lambda: record_run(cfg, run_dir)) if run_dir is not None else None,
     )

@@ -530,6 +530,7 @@ def train(
     buffers: str | None = None,
     sinks: list | None = None,
     diagnostics: str | None = None,
+    on_start=None,
 ) -> RunResult:
     """Train `task` with `algorithm` for `steps` steps; returns metrics, summary and state.
 
@@ -542,6 +543,8 @@ def train(
     the writer records (`sink.write(row)`, e.g. a TensorBoard writer) and are closed at the
     end (`sink.close()`). `diagnostics` ("hessian_top,hessian_trace,sharpness:0.05", see
     `distsgd.diagnostics`) adds those measurements of the averaged model to every row.
+    `on_start()` runs on the writer once the run directory is ready and a resume has been
+    accepted (e.g. to save the effective config): a refused resume leaves the folder as it was.
     """
     # -- setup -----------------------------------------------------------------------------
     if steps < 1:
@@ -584,6 +587,8 @@ def train(
         _same_step(comm, loop.start_step)
     if writer and out is not None:
         _write_metrics(out, loop.metrics)
+        if on_start is not None:
+            on_start()
     last = min(steps, stop_after) if stop_after is not None else steps
     bar = _Progress(progress and writer, steps, loop.start_step, name)
     loop.t0 = time.perf_counter()
