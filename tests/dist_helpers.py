@@ -85,6 +85,10 @@ BASE_SPECS = {
     },
     "fednova_uniform_steps": {"name": "fednova", "lr": 0.1, "clients_per_round": 4, "local_steps": 4, "local_work": "uniform", "momentum": 0.9},
     "fedaware": {"name": "fedaware", "lr": 0.1, "clients_per_round": 3, "local_steps": 3, "projection": True},
+    "diff2_local": {"name": "diff2", "lr": 0.05, "restart_period": 4, "noise_multiplier": 1.0, "diff_noise_multiplier": 2.0},
+    "diff2_central": {
+        "name": "diff2", "lr": 0.05, "restart_period": 3, "noise_multiplier": 1.0, "diff_noise_multiplier": 2.0, "mode": "central",
+    },
     "divebatch_growing": {
         "name": "divebatch", "lr": 0.1, "batch_size": 16, "max_batch_size": 64, "resize_freq": 1, "delta": 0.5,
         "adaptive_lr": True, "momentum": 0.9,

@@ -36,6 +36,7 @@ SPECS = {
     },
     "fednova": {"name": "fednova", "lr": 0.1, "clients_per_round": 4, "local_work": "uniform", "momentum": 0.9},
     "fedaware": {"name": "fedaware", "lr": 0.1, "clients_per_round": 3, "local_steps": 2},
+    "diff2": {"name": "diff2", "lr": 0.05, "restart_period": 4, "noise_multiplier": 1.0, "diff_noise_multiplier": 2.0},
     "divebatch": {
         "name": "divebatch", "lr": 0.1, "batch_size": 16, "max_batch_size": 64, "resize_freq": 1, "delta": 0.5,
         "train_samples": 160, "adaptive_lr": True, "momentum": 0.9,

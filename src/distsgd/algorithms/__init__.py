@@ -6,6 +6,7 @@ from .base import ALGORITHMS, Algorithm, Oracle, State, bind, options, sgd_direc
 from .choco_sgd import ChocoSGD
 from .compressed_sgd import CompressedSGD
 from .d2 import D2
+from .diff2 import DIFF2
 from .divebatch import DiveBatch
 from .dp_sgd import DPSGDPrivate
 from .dpsgd import DPSGD
@@ -25,6 +26,7 @@ __all__ = [
     "options",
     "ADPSGD",
     "D2",
+    "DIFF2",
     "ChocoSGD",
     "DiveBatch",
     "DPSGD",
