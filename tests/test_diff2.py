@@ -34,7 +34,7 @@ class QuadraticOracle:
         self.a = a  # [m, N, d]
         self.shards = [torch.arange(i * a.shape[1], (i + 1) * a.shape[1]) for i in range(a.shape[0])]
 
-    def __call__(self, x, rows=None, *, indices=None, per_sample=False):
+    def __call__(self, x, rows=None, *, indices=None, per_sample=False, mask=None, count=True):
         assert per_sample and rows is None
         local = indices - indices[:, :1]  # shard i starts at i·N
         return x.unsqueeze(1) - torch.gather(self.a, 1, local.unsqueeze(-1).expand(-1, -1, self.a.shape[2]))
@@ -206,3 +206,15 @@ def test_bad_runs_are_refused_before_training_in_one_line(task, options, match):
     with pytest.raises(UserError, match=match) as e:
         distsgd.train(task, algo, steps=30)
     assert "\n" not in str(e.value) and e.value.exit_code == 2
+
+
+def test_epochs_count_each_record_once_per_round():
+    """A round reads every record (the difference rounds at two points, counted once)."""
+    from dist_helpers import make_test_task
+
+    task = make_test_task()
+    alg = distsgd.algorithms.ALGORITHMS.create(
+        {"name": "diff2", "lr": 0.05, "restart_period": 4, "noise_multiplier": 1.0, "diff_noise_multiplier": 2.0}
+    )
+    res = distsgd.train(task, alg, steps=10, eval_every=10, seed=0)
+    assert res.metrics[-1]["epoch"] == pytest.approx(10.0)

@@ -258,13 +258,19 @@ def test_bad_options_are_refused_in_one_line(options, message):
     ("options", "message"),
     [
         ({"batch_size": 30, "train_samples": 800}, "batch_size = 30 is not a multiple of the 4 workers"),
-        ({"batch_size": 16, "max_batch_size": 4096, "rule": "adabatch", "train_samples": 100}, "batch_size=256 does not fit: worker 0 holds 200 training samples"),
     ],
 )
 def test_setups_that_do_not_fit_are_user_errors(task4, options, message):
     with pytest.raises(UserError) as e:
         distsgd.train(task4, DiveBatch(lr=0.1, resize_freq=1, **options), steps=200, eval_every=200)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_batch_never_outgrows_the_smallest_shard(task4):
+    algo = DiveBatch(lr=0.1, batch_size=16, max_batch_size=4096, rule="adabatch", resize_freq=1, train_samples=100)
+    res = distsgd.train(task4, algo, steps=60, eval_every=60)
+    smallest = min(len(s) for s in task4.shards)
+    assert res.metrics[-1]["batch_size"] == 4 * smallest
 
 
 def test_n_defaults_to_the_workers_shards_under_train_and_is_needed_without(task4):

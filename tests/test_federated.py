@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 
 import distsgd
 from distsgd.algorithms import ALGORITHMS, AllReduceSGD, FedAvg, FedAWARE, FedNova
-from distsgd.algorithms.fedavg import client_weights, draw_clients, local_steps_of_epochs, momentum_norm
+from distsgd.algorithms.fedavg import (
+    client_weights,
+    draw_clients,
+    local_steps_of_epochs,
+    momentum_norm,
+    reporting_weights,
+)
 from distsgd.algorithms.fedaware import min_norm_weights
 from distsgd.comm.network import NetworkModel
 from distsgd.errors import UserError
@@ -55,6 +61,38 @@ def test_every_sampling_scheme_is_unbiased(n, data, scheme):
             clients, w = client_weights(torch.tensor(draws), p, k, sampling, "unbiased")
             expect[clients] += prob * w
     torch.testing.assert_close(expect, p, rtol=1e-9, atol=1e-12)
+
+
+def test_size_sampling_with_equal_client_weights_is_unbiased():
+    """Drawing ∝ n_k while the objective weighs clients equally: ω = c·p/(K·q) keeps E = p."""
+    sizes = torch.tensor([1.0, 2.0, 5.0], dtype=torch.float64)
+    q = sizes / sizes.sum()
+    p = torch.full((3,), 1 / 3, dtype=torch.float64)
+    expect = torch.zeros(3, dtype=torch.float64)
+    for draws in itertools.product(range(3), repeat=2):
+        clients, w = client_weights(torch.tensor(draws), p, 2, "size", "unbiased", q)
+        expect[clients] += float(torch.prod(q[list(draws)])) * w
+    torch.testing.assert_close(expect, p)
+
+
+@pytest.mark.parametrize("participation, failure", [(0.5, 0.0), (0.7, 0.3), (1.0, 0.4)])
+def test_inverse_probability_weights_keep_the_update_unbiased_under_absences(participation, failure):
+    """Over every pattern of which drawn clients report (each independently with probability
+    r = participation·(1 − failure)), E[Σ_reporters ω'_k e_k] = ω with inverse_probability;
+    "redistribute" is not unbiased when the weights differ."""
+    weights = torch.tensor([0.9, 0.1, 0.5], dtype=torch.float64)
+    r = participation * (1 - failure)
+    for absent, unbiased in (("inverse_probability", True), ("redistribute", False)):
+        expect = torch.zeros(3, dtype=torch.float64)
+        for pattern in itertools.product((False, True), repeat=3):
+            reports = torch.tensor(pattern)
+            if not reports.any():
+                continue
+            prob = 1.0
+            for rep in pattern:
+                prob *= r if rep else 1 - r
+            expect[reports] += prob * reporting_weights(weights, reports, absent, r)
+        assert torch.allclose(expect, weights) == unbiased, (absent, expect)
 
 
 def test_renormalized_weights_sum_to_one_and_are_data_size_weights():
@@ -177,7 +215,13 @@ def test_fedaware_explores_every_client_then_samples_uniformly(skewed):
     assert exploring == [True, True, False, False, False]  # 12 clients, 4 a round
     assert len(res.state["explore"]) == 0
     assert bool((res.state["memory"].norm(dim=1) > 0).all())  # every client's update is stored
-    assert res.metrics[-1]["lambda_density"] >= 1
+    # the step after exploration is the min-norm combination: shorter than every unit u_k
+    mem = res.state["memory"]
+    u = mem / mem.norm(dim=1, keepdim=True)
+    lam = min_norm_weights(u.double() @ u.double().T)
+    assert float((lam.to(u.dtype) @ u).norm()) < 1.0
+    with pytest.raises(UserError, match="uniformly without replacement"):
+        distsgd.train(skewed, FedAWARE(lr=0.05, clients_per_round=4, replacement=True), steps=1)
 
 
 def test_fedaware_memory_is_the_momentum_of_updates():
@@ -239,9 +283,21 @@ def test_a_run_is_reproducible_from_its_seed(skewed):
 
 def test_a_thousand_clients_train_a_hundred_a_round():
     big = make_task("logistic", n_workers=1000, samples_per_worker=16, dim=8, batch_size=4, seed=0)
-    res = distsgd.train(big, FedAvg(lr=0.1, clients_per_round=100, local_steps=3), steps=3, eval_every=3, seed=0)
+    calls = []
+    real = distsgd.workers.Workers.gradients
+
+    def counted(self, x, rows=None, **kw):
+        calls.append(x.shape[0])
+        return real(self, x, rows, **kw)
+
+    distsgd.workers.Workers.gradients = counted
+    try:
+        res = distsgd.train(big, FedAvg(lr=0.1, clients_per_round=100, local_steps=3), steps=3, eval_every=3, seed=0)
+    finally:
+        distsgd.workers.Workers.gradients = real
     assert res.metrics[-1]["clients_reporting"] == 100
-    assert int((res.comm.traffic.sent > 0).sum()) <= 300
+    assert calls == [100] * 9  # 3 rounds × 3 local steps, each one call for all 100 clients: no loop over them
+    assert 100 < int((res.comm.traffic.sent > 0).sum()) <= 300
 
 
 # -- bad input --------------------------------------------------------------------------------------

@@ -187,7 +187,7 @@ class ZeroOracle:
             start += s
         self.d = d
 
-    def __call__(self, x, rows=None, *, indices=None, per_sample=False):
+    def __call__(self, x, rows=None, *, indices=None, per_sample=False, mask=None, count=True):
         assert per_sample and indices is not None
         return torch.zeros(x.shape[0], indices.shape[1], self.d)
 
@@ -420,3 +420,14 @@ def test_the_run_stops_cleanly_when_the_budget_is_spent(tmp_path):
     assert accounting.epsilon(1.0, q, s["steps"] + 1, 1e-5) > 3.0  # one more step would have spent too much
     rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert json.loads(rows[-1])["step"] == s["steps"]
+
+
+def test_epochs_count_the_poisson_batches_without_their_padding():
+    from dist_helpers import make_test_task
+
+    task = make_test_task()
+    q = 0.1
+    alg = ALGORITHMS.create({"name": "dp_sgd", "lr": 0.1, "noise_multiplier": 1.0, "sample_rate": q})
+    res = distsgd.train(task, alg, steps=40, eval_every=40, seed=0)
+    # E[epochs] = steps·q; the Poisson batches of 8 workers over 40 steps vary by a few percent
+    assert res.metrics[-1]["epoch"] == pytest.approx(40 * q, rel=0.1)

@@ -287,6 +287,8 @@ class Workers:
         *,
         batch_size: int | None = None,
         indices: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        count: bool = True,
         per_sample: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One stochastic gradient per worker at its own row of x[m, d]: (g[m, d], loss[m]).
@@ -295,7 +297,10 @@ class Workers:
 
         batch_size=B: each worker draws its next B samples (default: the task's batch size).
         indices=idx [m', B]: the dataset indices to use instead of drawing (the streams do
-        not move; `samples_drawn` counts the B columns, padding included).
+        not move). mask [m', B] (bool): which of them are real samples, the rest padding (a
+        Poisson batch padded to the longest): `samples_drawn` counts the real ones and the
+        returned loss averages over them. count=False: the samples are not counted again
+        (the same batch evaluated at a second point, as DIFF2's gradient differences do).
         per_sample=True: g is [m', B, d], row j of worker i the gradient of sample j's own
         loss (a batch of one); loss[m'] stays the mean loss of the batch. Per-sample gradients
         need a model whose forward leaves its buffers alone (no BatchNorm in training mode).
@@ -307,10 +312,14 @@ class Workers:
             if batch_size is not None:
                 raise UserError("give batch_size or indices, not both")
             idx = self._check_indices(indices, k)
-            if rows is None:
-                self.samples_drawn += idx.shape[1]
-            else:
-                self.samples_drawn[rows] += idx.shape[1]
+            if mask is not None and tuple(mask.shape) != tuple(idx.shape):
+                raise UserError(f"mask has shape {tuple(mask.shape)}, indices {tuple(idx.shape)}")
+            if count:
+                used = mask.sum(1).long() if mask is not None else torch.full((k,), idx.shape[1], dtype=torch.long)
+                if rows is None:
+                    self.samples_drawn += used
+                else:
+                    self.samples_drawn[rows] += used
         else:
             idx = self.next_batch(rows, batch_size)
         xb, y = self.task.train.batch(idx)
@@ -336,6 +345,9 @@ class Workers:
                 raise not_vmappable(self.model, e, xb[0, 0]) from None
             b = idx.shape[1]
             g = torch.cat([grads[name].reshape(k, b, -1) for name in self.flat.names], dim=2)
+            if mask is not None:
+                real = mask.to(loss.dtype)
+                return g, (loss * real).sum(1) / real.sum(1).clamp(min=1)
             return g, loss.mean(1)
         try:
             grads, loss = self._grad(layers, buffers, xb, y)

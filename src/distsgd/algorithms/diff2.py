@@ -228,9 +228,9 @@ class DIFF2:
         total = None
         for lo in range(0, idx.shape[1], width):
             cols = slice(lo, lo + width)
-            g = oracle(x, indices=idx[:, cols], per_sample=True)
-            if x_prev is not None:
-                g = g - oracle(x_prev, indices=idx[:, cols], per_sample=True)
+            g = oracle(x, indices=idx[:, cols], mask=mask[:, cols], per_sample=True)
+            if x_prev is not None:  # the same samples at the previous point: counted once
+                g = g - oracle(x_prev, indices=idx[:, cols], mask=mask[:, cols], count=False, per_sample=True)
             s = clipped_sum(g / scale.to(g.dtype).view(-1, 1, 1), clip, mask[:, cols])
             total = s if total is None else total + s
         return total

@@ -139,8 +139,12 @@ class DiveBatch:
         return sum(self.client_sizes) if self.client_sizes else None
 
     def cap(self, n: int) -> int:
-        """The largest global batch: B_max rounded down to a multiple of the n workers."""
-        return n * (self.max_batch_size // n)
+        """The largest global batch: B_max rounded down to a multiple of the n workers, and
+        at most n × the smallest shard (a worker's batch never outgrows its data)."""
+        per = self.max_batch_size // n
+        if self.client_sizes:
+            per = min(per, min(self.client_sizes))
+        return n * per
 
     def step(self, state, oracle, comm):
         state = dict(state)  # the tensors are updated in place, the caller's dict is left as it was

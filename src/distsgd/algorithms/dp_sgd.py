@@ -315,7 +315,7 @@ class DPSGDPrivate:
                 idx, mask = poisson_sample(shards, [plan.sample_rates[i] for i in local], sampling)
             else:
                 idx, mask = uniform_sample(shards, [int(plan.batches[i]) for i in local], sampling)
-            g = oracle(x, indices=idx, per_sample=True)
+            g = oracle(x, indices=idx, mask=mask, per_sample=True)
             out = privatize(g, mask, max_grad_norm=clip, noise_std=std, generators=noise, normalizer=normalizer.to(g.dtype))
             return out.to(x.dtype)
 

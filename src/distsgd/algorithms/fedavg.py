@@ -20,10 +20,13 @@ N clients (the task's workers; client k holds its shard, n_k samples, p_k = n_k 
     4. Δ̄_t = Σ_{k∈S_t} ω_k Δ_k, with the weight each scheme needs for E[Δ̄_t] = Σ_k p_k Δ_k:
          uniform without replacement  ω_k = p_k·N/K        (Li et al. eq. (6), Scheme II)
          uniform with replacement     ω_k = c_k·p_k·N/K    (c_k: the times k was drawn)
-         ∝ p_k with replacement       ω_k = c_k/K           (Scheme I)
+         ∝ n_k with replacement       ω_k = c_k·p_k/(K·q_k) (q_k = n_k/Σn_j; = c_k/K, Scheme I,
+                                                           when p_k ∝ n_k)
        ("renormalized" divides them by their sum: Σ_S n_k Δ_k / Σ_S n_k, the common
        implementation, biased when the n_k differ); the weights of clients that do not
-       report are spread over those that do (their sum is kept);
+       report are spread over those that do (their sum is kept: a ratio estimator, biased
+       when the p_k differ), or with absent = "inverse_probability" the reporters' weights
+       are divided by the probability of reporting, participation·(1 − failure) (unbiased);
     5. the server optimizer steps on the pseudo-gradient Δ̄_t:
          sgd   v ← βv + Δ̄;  w ← w − η_s v               (β = server_momentum: FedAvgM)
          adam  m ← β₁m + (1−β₁)Δ̄;  v ← β₂v + (1−β₂)Δ̄²;  w ← w − η_s m/(√v + ε)
@@ -33,9 +36,10 @@ Sampling, local steps, availability and failures draw from one server stream (se
 SERVER, "clients"), so every process draws the same round and a run is reproducible from
 its seed alone. The sampled clients are stacked like workers: a round costs τ_max
 vectorized gradient calls over the sampled clients, never a Python loop over clients.
-Simulated seconds of a round: the downlink and uplink through the server's interface
-(α + K·b/β_server each) plus the longest local computation among the clients it waits for
-(τ_k × the network model's per-gradient time of client k), or the deadline.
+Simulated seconds of a round: the downlink to the available clients and the uplink from
+the reporting ones through the server's interface (α + k·b/β_server each) plus the longest
+local computation among the available clients (τ_k × the network model's per-gradient time
+of client k; a failing client until it fails), at most the deadline.
 """
 
 from __future__ import annotations
@@ -55,31 +59,47 @@ Probability = Annotated[float, Field(ge=0, lt=1)]
 
 # -- client sampling: pure functions of a generator (tested for unbiasedness) ------------------
 def draw_clients(
-    generator: torch.Generator, p: torch.Tensor, k: int, sampling: str, replacement: bool
+    generator: torch.Generator, q: torch.Tensor, k: int, sampling: str, replacement: bool
 ) -> torch.Tensor:
-    """K draws [k] from N clients: uniform or ∝ p, with or without replacement."""
-    n = len(p)
+    """K draws [k] from N clients: uniformly, or with probabilities q (∝ data size), with or
+    without replacement."""
+    n = len(q)
     if sampling == "uniform":
         if replacement:
             return torch.randint(n, (k,), generator=generator)
         return torch.randperm(n, generator=generator)[:k]
-    return torch.multinomial(p.double(), k, replacement=replacement, generator=generator)
+    return torch.multinomial(q.double(), k, replacement=replacement, generator=generator)
 
 
 def client_weights(
-    draws: torch.Tensor, p: torch.Tensor, k: int, sampling: str, weighting: str
+    draws: torch.Tensor, p: torch.Tensor, k: int, sampling: str, weighting: str, q: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(clients, ω): the distinct drawn clients, sorted, and their aggregation weights
-    (see the module docstring), so that E[Σ_S ω_k Δ_k] = Σ_k p_k Δ_k for "unbiased"."""
+    """(clients, ω): the distinct drawn clients, sorted, and their aggregation weights, so
+    that E[Σ_S ω_k Δ_k] = Σ_k p_k Δ_k for "unbiased": ω_k = c_k·p_k/(K·q_k), with c_k the
+    times k was drawn and q_k its probability per draw (1/N uniformly: p_k·N/K, Li et al.'s
+    Scheme II without replacement too; q = p: 1/K, Scheme I)."""
     clients, counts = draws.unique(sorted=True, return_counts=True)
     n = len(p)
     if sampling == "uniform":
         w = counts.double() * p[clients].double() * n / k
     else:
-        w = counts.double() / k
+        q = p if q is None else q
+        w = counts.double() * p[clients].double() / (k * q[clients].double())
     if weighting == "renormalized":
         w = w / w.sum()
     return clients, w
+
+
+def reporting_weights(weights: torch.Tensor, reports: torch.Tensor, absent: str, rate: float) -> torch.Tensor:
+    """The weights of the clients that report. "redistribute": the absent clients' weight is
+    spread over them in proportion (their sum is kept; a ratio estimator, biased when the
+    p_k differ); "inverse_probability": ω_k/r with r the probability that a drawn client
+    reports (participation × (1 − failure)), so E over availability is ω_k again (unbiased
+    when nothing else, e.g. a deadline, drops clients)."""
+    omega = weights[reports]
+    if absent == "inverse_probability":
+        return omega / rate
+    return omega * (weights.sum() / omega.sum())
 
 
 def local_steps_of_epochs(epochs: float, sizes: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -147,6 +167,10 @@ class FedAvg:
         Literal["drop", "partial"],
         Field(description="late clients: drop their update, or send what they computed by the deadline"),
     ] = "drop"
+    absent: Annotated[
+        Literal["redistribute", "inverse_probability"],
+        Field(description="weights of clients that do not report: spread over those that do, or 1/(participation·(1 − failure)) for the reporters (unbiased)"),
+    ] = "redistribute"
     client_sizes: tuple[int, ...] | None = None  # n_k, set by the engine
     batch_size: int | None = None  # B, set by the engine
     seed: Seed = None
@@ -198,8 +222,9 @@ class FedAvg:
     def sample(self, state, gen, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(clients, ω) of this round (sorted distinct ids and their weights)."""
         k = self.clients_per_round
-        draws = draw_clients(gen, self.p(n), k, self.sampling, self.replacement)
-        return client_weights(draws, self.p(n), k, self.sampling, self.weighting)
+        q = self.sizes(n) / self.sizes(n).sum()  # "size": the probability of each draw ∝ n_k
+        draws = draw_clients(gen, q, k, self.sampling, self.replacement)
+        return client_weights(draws, self.p(n), k, self.sampling, self.weighting, q)
 
     def plan(self, clients, gen, comm):
         """Local steps τ_k of each drawn client and which of them report: availability,
@@ -280,8 +305,7 @@ class FedAvg:
         }
         if int(reports.sum()) == 0:  # nobody reported: the model stays
             return state
-        omega = weights[reports]
-        omega = omega * (weights.sum() / omega.sum())  # the absent clients' weight goes to those who report
+        omega = reporting_weights(weights, reports, self.absent, self.participation * (1 - self.failure))
         update = self.aggregate(state, delta, omega, clients[reports], steps[reports])
         if update is None:
             return state

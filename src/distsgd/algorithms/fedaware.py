@@ -98,6 +98,11 @@ class FedAWARE(FedAvg):
     startup: Annotated[bool, Field(description="train all N clients in round 0")] = False
     name: str = "fedaware"
 
+    def bind(self, n: int):
+        if self.sampling != "uniform" or self.replacement:
+            raise ValueError("fedaware samples uniformly without replacement (after visiting every client once)")
+        return super().bind(n)
+
     def init(self, x0, comm):
         state = super().init(x0, comm)
         gen = rng.generator(seed_of(self), SERVER, "clients")
