@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import one_error_line, write_config
 
 from distsgd.cli import main
 
@@ -32,16 +33,10 @@ DPSGD_TABLE = 'name = "dpsgd"\nlr = 0.1\n[algorithm.topology]\nname = "ring"'
 
 
 def _write(tmp_path, text, name="cfg.toml"):
-    p = tmp_path / name
-    p.write_text(text)
-    return str(p)
+    return write_config(tmp_path, text, name)
 
 
-def _err(capsys):
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
+_err = one_error_line
 
 
 @pytest.mark.parametrize(

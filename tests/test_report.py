@@ -3,27 +3,11 @@ import json
 from html.parser import HTMLParser
 
 import pytest
+from cli_helpers import TINY
 
 from distsgd.cli import main
 from distsgd.plots import comparison_figure, read_run, unique_labels
 from distsgd.sweep import run_sweep
-
-TINY = """
-name = "tiny"
-n_workers = 4
-steps = 20
-eval_every = 5
-[task]
-dataset = "logistic"
-model = "linear"
-samples_per_worker = 50
-dim = 5
-batch_size = 8
-[algorithm]
-name = "dpsgd"
-lr = 0.1
-topology = "ring"
-"""
 
 
 class Page(HTMLParser):

@@ -8,40 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import TINY, one_error_line, write_config
 
 from distsgd.cli import main
 from distsgd.errors import UserError
 from distsgd.sweep import parse_grid, pick, points, run_metrics, run_sweep, select
 
-TINY = """
-name = "tiny"
-n_workers = 4
-steps = 20
-eval_every = 5
-[task]
-dataset = "logistic"
-model = "linear"
-samples_per_worker = 50
-dim = 5
-batch_size = 8
-[algorithm]
-name = "dpsgd"
-lr = 0.1
-topology = "ring"
-"""
-
-
-def _write(tmp_path, text=TINY, name="tiny.toml"):
-    p = tmp_path / name
-    p.write_text(text)
-    return str(p)
-
-
-def _err(capsys):
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
+_write, _err = write_config, one_error_line
 
 
 def test_parse_grid_reads_toml_values_and_keeps_brackets_whole():

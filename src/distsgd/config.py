@@ -197,7 +197,8 @@ def parse_config(data: dict, source: str = "config") -> RunConfig:
         raise UserError(f"{source}: {_format_error(err)}") from None
 
 
-def load_config(path: str | Path) -> RunConfig:
+def read_toml(path: str | Path) -> dict:
+    """The TOML of a config file; a missing, unreadable or invalid file is one UserError line."""
     p = Path(path)
     try:
         text = p.read_text()
@@ -206,9 +207,14 @@ def load_config(path: str | Path) -> RunConfig:
     except (IsADirectoryError, PermissionError, UnicodeDecodeError, OSError) as e:
         raise UserError(f"cannot read config file {p}: {e.__class__.__name__}") from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{p}: invalid TOML: {e}") from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    p = Path(path)
+    data = read_toml(p)
     if isinstance(data, dict) and "source_dir" in data:
         raise UserError(f"{p}: source_dir: unknown key")
     data = {k: v for k, v in data.items() if k != "sweep"}  # `distsgd sweep`'s table, not the run's

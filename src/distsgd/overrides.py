@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from .config import read_toml
 from .errors import Fault, UserError
 
 _KEY = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
@@ -118,20 +119,6 @@ def apply_overrides(data: dict, overrides: list[Override]) -> dict:
             table[last] = o.value
     return out
 
-
-def read_toml(path: str | Path) -> dict:
-    """The TOML of a config file; a missing, unreadable or invalid file is one UserError line."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise UserError(f"config file not found: {p}") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError, OSError) as e:
-        raise UserError(f"cannot read config file {p}: {e.__class__.__name__}") from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{p}: invalid TOML: {e}") from None
 
 
 def validate(data: dict, source: str, source_dir: str | None, blame: list[Override] = ()):

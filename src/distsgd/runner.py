@@ -266,11 +266,8 @@ class _Loop:
         batch_loss = float(comm.average((self.loss_sum / self.loss_count.clamp(min=1)).unsqueeze(1)))
         self.loss_sum.zero_()
         self.loss_count.zero_()
-        drawn = getattr(workers, "samples_drawn", None)  # batches may vary (DiveBatch) or skip workers (federated)
-        if drawn is None:
-            epoch = step * task.n * task.batch_size / len(task.train)
-        else:
-            epoch = float(comm.average(drawn.double().unsqueeze(1))) * comm.n / len(task.train)
+        # samples actually drawn: batches may vary (DiveBatch, DP-SGD) or skip workers (federated)
+        epoch = float(comm.average(workers.samples_drawn.double().unsqueeze(1))) * comm.n / len(task.train)
         row = {"step": step, "epoch": epoch, "batch_loss": batch_loss}
         if writer:
             f = workers.outputs(xbar, buffers)

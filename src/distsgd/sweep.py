@@ -27,8 +27,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .config import read_toml
 from .errors import Diverged, UserError
-from .overrides import Override, apply_overrides, parse_value, read_toml, split_values, validate, write_atomic
+from .overrides import Override, apply_overrides, parse_value, split_values, validate, write_atomic
 
 METRICS = {  # name -> (label, higher is better)
     "test_acc": ("test accuracy", True),

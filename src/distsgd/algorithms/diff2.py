@@ -46,11 +46,9 @@ from pydantic import Field
 from .. import rng
 from ..errors import UserError
 from ..privacy import accounting
-from ..privacy.mechanisms import clipped_sum, gaussian_noise
+from ..privacy.mechanisms import clipped_sum, gaussian_noise, pad
 from .base import ALGORITHMS, Seed, StepSize, options
 from .dp_sgd import local_shards, validate_model
-
-rng.PURPOSES.setdefault("dp_noise", "worker")  # the same stream as dp_sgd: T = 1 draws DP-GD's noise
 
 
 def plan_rounds(rounds: int, period: int) -> tuple[int, int]:
@@ -123,14 +121,7 @@ def max_rounds(sigma1: float, sigma2: float, period: int, delta: float, target_e
 def full_shards(shards) -> tuple[torch.Tensor, torch.Tensor]:
     """Every record of every local shard: indices [m, N_max] (padded with the shard's first
     record) and mask [m, N_max] (True = a real record)."""
-    width = max(len(s) for s in shards)
-    idx = torch.empty(len(shards), width, dtype=torch.long)
-    mask = torch.zeros(len(shards), width, dtype=torch.bool)
-    for i, s in enumerate(shards):
-        idx[i].fill_(int(s[0]))
-        idx[i, : len(s)] = s
-        mask[i, : len(s)] = True
-    return idx, mask
+    return pad(list(shards), shards)
 
 
 @ALGORITHMS.register(

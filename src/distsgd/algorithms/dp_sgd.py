@@ -58,10 +58,6 @@ from ..privacy.mechanisms import poisson_sample, privatize, uniform_sample
 from . import allreduce_sgd, compressed_sgd, local_sgd  # noqa: F401  (register the inner algorithms)
 from .base import ALGORITHMS, Momentum, Nesterov, Seed, StepSize, WeightDecay, options
 
-# The streams of the privacy mechanism (per worker): its Poisson / uniform batches and its noise.
-rng.PURPOSES.setdefault("dp_sampling", "worker")
-rng.PURPOSES.setdefault("dp_noise", "worker")
-
 INNER = ("allreduce_sgd", "local_sgd", "compressed_sgd")
 SHARED = ("lr", "momentum", "weight_decay", "nesterov")  # set on dp_sgd, passed to the inner algorithm
 

@@ -222,9 +222,11 @@ class FedAvg:
     def sample(self, state, gen, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(clients, ω) of this round (sorted distinct ids and their weights)."""
         k = self.clients_per_round
-        q = self.sizes(n) / self.sizes(n).sum()  # "size": the probability of each draw ∝ n_k
+        sizes = self.sizes(n)
+        q = sizes / sizes.sum()  # "size": the probability of each draw ∝ n_k
+        p = q if self.client_weights == "size" else self.p(n)
         draws = draw_clients(gen, q, k, self.sampling, self.replacement)
-        return client_weights(draws, self.p(n), k, self.sampling, self.weighting, q)
+        return client_weights(draws, p, k, self.sampling, self.weighting, q)
 
     def plan(self, clients, gen, comm):
         """Local steps τ_k of each drawn client and which of them report: availability,

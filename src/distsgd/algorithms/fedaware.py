@@ -34,9 +34,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from .. import rng
-from ..rng import SERVER
-from .base import ALGORITHMS, options, seed_of
+from .base import ALGORITHMS, options
 from .fedavg import FedAvg
 
 FW_MAX_ITER = 1000
@@ -105,7 +103,7 @@ class FedAWARE(FedAvg):
 
     def init(self, x0, comm):
         state = super().init(x0, comm)
-        gen = rng.generator(seed_of(self), SERVER, "clients")
+        gen = torch.Generator()
         gen.set_state(state["rng"])
         state["explore"] = torch.randperm(comm.n, generator=gen)  # clients never heard from, in visiting order
         state["rng"] = gen.get_state()

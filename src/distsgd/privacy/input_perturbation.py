@@ -34,7 +34,6 @@ from .. import rng
 from ..errors import UserError
 
 MECHANISMS = ("laplace", "gaussian")
-rng.PURPOSES.setdefault("input_noise", "run")  # the perturbation's one stream (key 0), drawn before training
 
 
 def noise_scale(

@@ -88,7 +88,7 @@ def privatize(
 # -- samplers: the accountant's assumption, drawn ----------------------------------------------
 
 
-def _pad(chosen: list[torch.Tensor], shards: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def pad(chosen: list[torch.Tensor], shards: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices [m, B_max] (padded with each shard's first index) and mask [m, B_max] (True =
     a real sample); B_max ≥ 1, so a step always has a batch to differentiate."""
     width = max(1, max(len(c) for c in chosen))
@@ -110,7 +110,7 @@ def poisson_sample(
     for shard, q, g in zip(shards, sample_rates, generators, strict=True):
         keep = torch.rand(len(shard), generator=g, dtype=torch.float64) < q
         chosen.append(shard[keep])
-    return _pad(chosen, shards)
+    return pad(chosen, shards)
 
 
 def uniform_sample(
@@ -123,4 +123,4 @@ def uniform_sample(
         if not 1 <= b <= len(shard):
             raise UserError(f"a fixed batch of {b} cannot be drawn from a shard of {len(shard)} samples")
         chosen.append(shard[torch.randperm(len(shard), generator=g)[:b]])
-    return _pad(chosen, shards)
+    return pad(chosen, shards)
