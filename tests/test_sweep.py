@@ -190,3 +190,59 @@ def test_select_picks_per_algorithm_and_per_other_grid_value():
     ]
     chosen = {(s["algorithm"], s["fixed"].get("n_workers")): (s["best"], s["edge"]) for s in select(groups, "algorithm.lr")}
     assert chosen == {("a", 4): (0.3, None), ("a", 8): (0.1, "smallest"), ("b", 4): (1.0, "largest")}
+
+
+def test_next_value_steps_past_an_edge_by_its_ratio_or_difference():
+    from distsgd.sweep import next_value
+
+    assert next_value([0.01, 0.03, 0.1], "largest") == (0.333333, None)
+    assert next_value([0.1, 0.2, 0.4], "largest") == (0.8, None)
+    assert next_value([0.1, 0.2, 0.4], "smallest") == (0.05, None)
+    assert next_value([0.0, 0.5, 1.0], "smallest") == (-0.5, None)
+    assert next_value([2, 4, 8], "largest") == (16, None)
+    assert next_value([1, 2], "smallest") == (0, None)  # no ratio below 1 for integers: a step of 1
+    assert next_value([0.1], "largest")[0] is None
+    assert next_value(["a", "b"], "largest")[0] is None
+
+
+def _least_squares(tmp_path):
+    text = TINY.replace('"logistic"', '"least_squares"').replace("batch_size = 8", "batch_size = 8\nvalidation = 0.2")
+    return _write(tmp_path, text)
+
+
+def test_widening_runs_past_an_edge_until_the_best_is_inside(tmp_path, capsys):
+    cfg = _least_squares(tmp_path)
+    out = tmp_path / "runs"
+    args = ["sweep", cfg, "--out", str(out), "--grid", "algorithm.lr=0.01,0.02", "--select", "lr", "--jobs", "1"]
+    assert main([*args, "--widen", "12"]) == 0
+    root = out / "tiny"
+    doc = json.loads((root / "sweep.json").read_text())
+    (sel,) = doc["selection"]
+    (w,) = doc["widening"]
+    assert sel["metric"] == "val_loss"  # least squares has no accuracy; never the test split
+    assert sel["edge"] is None and w["stopped"] is None and len(w["added"]) >= 2
+    assert w["added"] == pytest.approx([0.02 * 2 ** (i + 1) for i in range(len(w["added"]))])
+    assert sel["best"] == w["added"][-2]  # the last value added is the first past the best
+    dirs = sorted(d.name for d in root.iterdir() if d.is_dir())
+    assert len(dirs) == 2 + len(w["added"])
+    capsys.readouterr()
+    assert main([*args, "--widen", "12", "--quiet"]) == 0
+    assert "ran 0" in capsys.readouterr().out  # a rerun widens through finished runs
+
+
+def test_widening_says_why_it_stopped(tmp_path, capsys):
+    cfg = _least_squares(tmp_path)
+    res = run_sweep(cfg, {"algorithm.lr": [1e-5, 2e-5]}, out=tmp_path / "runs", jobs=1, select="lr", widen=1,
+                    say=lambda _: None)
+    (w,) = res.widening
+    assert w["added"] == [4e-5] and "still at the largest value" in w["stopped"]
+    assert res.selection[0]["edge"] == "largest"
+    assert "widening stopped" in (res.root / "sweep.md").read_text()
+    with pytest.raises(UserError, match="give --select"):
+        run_sweep(cfg, {"algorithm.lr": [1e-5, 2e-5]}, out=tmp_path / "runs", jobs=1, widen=1)
+
+
+def test_auto_selection_uses_the_validation_split_when_there_is_one(tmp_path):
+    res = run_sweep(_least_squares(tmp_path), {"algorithm.lr": [0.01, 0.05]}, out=tmp_path / "runs", jobs=1,
+                    select="lr", say=lambda _: None)
+    assert res.selection[0]["metric"] == "val_loss"

@@ -101,3 +101,56 @@ def test_one_to_1024_workers(n):
         for _ in range(3):
             state = algo.step(state, lambda x: workers.gradients(x)[0], comm)
         assert state["x"].shape == (n, workers.d) and torch.isfinite(state["x"]).all()
+
+
+@pytest.mark.parametrize("partition", ["iid", "dirichlet", "labels"])
+def test_the_validation_split_is_held_out_of_every_shard(partition):
+    t = make_task("mnist1d", n_workers=4, partition=partition, validation=0.15, batch_size=8, seed=3)
+    held = set(t.val.tolist())
+    trained = torch.cat(t.shards).tolist()
+    assert len(held) == round(0.15 * 4000) and not held & set(trained)
+    if partition == "iid":  # every sample is either held out or trained on, once
+        assert sorted(trained + t.val.tolist()) == list(range(4000))
+    assert t.train_samples == 4000 - len(held) and t.description["validation_samples"] == len(held)
+
+
+def test_validation_metrics_are_the_held_out_samples_and_train_metrics_exclude_them():
+    t = make_task("mnist1d", n_workers=2, validation=0.25, seed=0)
+    net = t.model
+
+    def f(xb):
+        return net(xb)
+
+    val = t.evaluate(f, "val")
+    with torch.no_grad():
+        out = net(t.train.x[t.val])
+        loss = torch.nn.functional.cross_entropy(out, t.train.y[t.val])
+        acc = (out.argmax(-1) == t.train.y[t.val]).float().mean()
+    assert val["val_loss"] == pytest.approx(float(loss), rel=1e-5) and val["val_acc"] == pytest.approx(float(acc))
+    kept = torch.ones(4000, dtype=torch.bool)
+    kept[t.val] = False
+    with torch.no_grad():
+        out = net(t.train.x[kept])
+        loss = torch.nn.functional.cross_entropy(out, t.train.y[kept])
+    assert t.evaluate(f, "train")["train_loss"] == pytest.approx(float(loss), rel=1e-5)
+    assert make_task("mnist1d", n_workers=2, seed=0).evaluate(f, "val") == {}
+
+
+def test_runs_with_a_validation_split_report_it():
+    from distsgd import simulate
+
+    t = make_task("mnist1d", n_workers=2, validation=0.1, seed=0)
+    r = simulate(task=t, workers=2, algorithm=AllReduceSGD(lr=0.05), steps=10, eval_every=5)
+    assert {"val_loss", "val_acc"} <= set(r.final)
+    # the epoch counts the samples trained on: 2 workers x 32 x 10 steps of 3600
+    assert r.final["epoch"] == pytest.approx(2 * 32 * 10 / 3600)
+    x, y = torch.randn(200, 5), torch.randint(0, 3, (200,))
+    r = simulate(torch.nn.Linear(5, 3), (x, y), workers=2, algorithm=AllReduceSGD(lr=0.05), validation=0.2,
+                 steps=4, eval_every=4, batch_size=8)
+    assert "val_acc" in r.final
+
+
+@pytest.mark.parametrize("fraction", [1.0, -0.1, 0.0001])
+def test_bad_validation_fractions_are_refused(fraction):
+    with pytest.raises(UserError, match="validation"):
+        make_task("mnist1d", n_workers=2, validation=fraction)

@@ -38,6 +38,7 @@ def simulate(
     workers: int = 16,
     algorithm,
     partition="iid",
+    validation: float = 0.0,
     batch_size: int = 32,
     steps: int = 500,
     eval_every: int | None = None,
@@ -58,7 +59,8 @@ def simulate(
     parameters and buffers). train / test: map-style Datasets or (inputs, targets) tensors
     (a `TensorDataset` takes the fast path). loss(outputs, targets): the batch's mean loss,
     or a name (cross_entropy, mse, ...). partition: "iid", "dirichlet:α", "labels:k" or one
-    index list per worker. buffers: "average" (all-reduced every step) or "local" (each
+    index list per worker. validation: the fraction of `train` held out as a validation split
+    (val_loss, val_acc in the metrics), never trained on. buffers: "average" (all-reduced every step) or "local" (each
     worker its own); default the algorithm's (see `runner.buffer_policy`).
     Returns a `RunResult` (metrics, summary, state; `.model()` is the averaged model).
     """
@@ -71,7 +73,8 @@ def simulate(
         model = model.to(device)
         train, test = _to_device(train, device), _to_device(test, device)
         task = user_task(
-            model, train, test, loss=loss, n_workers=workers, batch_size=batch_size, partition=partition, seed=seed
+            model, train, test, loss=loss, n_workers=workers, batch_size=batch_size, partition=partition,
+            validation=validation, seed=seed,
         )
     elif task.n != workers and workers != 16:
         raise UserError(f"the task has {task.n} workers, workers={workers}")

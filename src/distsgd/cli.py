@@ -127,6 +127,7 @@ def _cmd_sweep(args) -> int:
         metric=args.metric,
         tensorboard=args.tensorboard,
         overrides=[overrides.parse_override(o) for o in args.set],
+        widen=args.widen,
         say=say,
     )
     sweep.print_summary(res, res.target)
@@ -364,7 +365,14 @@ def parser() -> argparse.ArgumentParser:
         "--metric",
         choices=("auto", "test_acc", "test_loss", "val_acc", "val_loss", "train_loss", "steps_to_target",
                  "sim_seconds_to_target"),
-        help="what --select optimizes (auto: final validation accuracy if the runs have one, else final test loss)",
+        help="what --select optimizes (auto: final validation accuracy if the runs have one, else validation loss, else test loss)",
+    )
+    sw.add_argument(
+        "--widen",
+        type=int,
+        metavar="N",
+        help="while --select's best sits on an edge of its values, add the next value past it (x/÷ the edge's "
+        "ratio), up to N per algorithm (default 0)",
     )
     sw.add_argument("--tensorboard", action="store_true", help="also write each run's metrics for TensorBoard")
     sw.add_argument("--quiet", action="store_true", help="print only the summary")

@@ -48,6 +48,9 @@ class TaskConfig(_Strict):
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration α (smaller: more skewed)")
     labels_per_worker: int = Field(2, ge=1, description="classes per worker for partition = labels")
     batch_size: int = Field(32, ge=1, description="mini-batch per worker")
+    validation: float = Field(
+        0.0, ge=0, lt=1, description="fraction of the training samples held out as a validation split (val_loss, val_acc; what sweeps select on)"
+    )
     num_samples: int = Field(5000, ge=100, description="MNIST-1D samples generated (train + test)")
     samples_per_worker: int = Field(200, ge=1, description="synthetic data: samples each worker generates")
     dim: int = Field(20, ge=1, description="synthetic data: features")
@@ -241,6 +244,7 @@ def build_task(cfg: RunConfig):
             n_workers=cfg.n_workers,
             batch_size=t.batch_size,
             partition=partition,
+            validation=t.validation,
             seed=cfg.seed,
         )
     return make_task(
@@ -261,6 +265,7 @@ def build_task(cfg: RunConfig):
         input_epsilon=t.input_epsilon,
         input_mechanism=t.input_mechanism,
         input_delta=t.input_delta,
+        validation=t.validation,
         seed=cfg.seed,
     )
 

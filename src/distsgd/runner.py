@@ -267,11 +267,12 @@ class _Loop:
         self.loss_sum.zero_()
         self.loss_count.zero_()
         # samples actually drawn: batches may vary (DiveBatch, DP-SGD) or skip workers (federated)
-        epoch = float(comm.average(workers.samples_drawn.double().unsqueeze(1))) * comm.n / len(task.train)
+        epoch = float(comm.average(workers.samples_drawn.double().unsqueeze(1))) * comm.n / task.train_samples
         row = {"step": step, "epoch": epoch, "batch_loss": batch_loss}
         if writer:
             f = workers.outputs(xbar, buffers)
             row.update(task.evaluate(f, "train"))
+            row.update(task.evaluate(f, "val"))
             row.update(task.evaluate(f, "test"))
             if consensus > 1e-12 * max(1.0, float(xbar.double().pow(2).sum())):  # models differ (not rounding)
                 own = task.evaluate(workers.outputs(x[0]), "test")

@@ -56,6 +56,7 @@ class SweepTable(BaseModel):
     target: float | None = Field(None, description="test accuracy whose first reaching is timed")
     select: str | None = Field(None, description="grid key whose best value is picked per algorithm, e.g. lr")
     metric: Literal[SELECT_METRICS] = Field("auto", description="what --select maximizes or minimizes")
+    widen: int = Field(0, ge=0, description="values added past an edge while the selected best sits on it")
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class SweepResult:
     runs: list[dict]  # per run: label, seed, values, status, metrics
     groups: list[dict]  # per grid point: values, n, metrics {name: {mean, std, n}}
     selection: list[dict] = field(default_factory=list)
+    widening: list[dict] = field(default_factory=list)  # per family: values added past an edge, why it stopped
     target: float | None = None
     ran: int = 0
     skipped: int = 0
@@ -190,6 +192,7 @@ def plan(
     source_dir: str | None = None,
     overrides: list[Override] = (),
     grid_flag: str = "--grid",
+    keep=None,
 ) -> Plan:
     """Validate every run of the sweep before any starts; a bad value is one line naming the
     grid value (or override) that made it."""
@@ -204,7 +207,9 @@ def plan(
         extra = [Override(k, v, "", grid_flag) for k, v in p.values]
         extra += [Override("seed", p.seed, "", "--seeds"), Override("name", f"{first.name}-{p.label}", "", "sweep")]
         data = apply_overrides(base, [*overrides, *extra])
-        jobs.append((p, data, validate(data, source, source_dir, blame)))
+        cfg = validate(data, source, source_dir, blame)
+        if keep is None or keep(p, cfg):
+            jobs.append((p, data, cfg))
     seed_list = sorted({p.seed for p, _, _ in jobs}, key=str)
     return Plan(root, grid, seed_list, jobs, source, source_dir)
 
@@ -436,15 +441,15 @@ def pick(scores: dict, higher_is_better: bool) -> tuple[object, str | None]:
 
 def select(groups: list[dict], key: str, metric: str = "auto") -> list[dict]:
     """Per algorithm (and per value of every other grid key): the best value of `key` by
-    `metric` ('auto': final validation accuracy where the runs have one, else final test
-    loss). A grid point with a diverged or missing seed ranks last."""
+    `metric` ('auto': final validation accuracy where the runs have one, else validation
+    loss, else final test loss). A grid point with a diverged or missing seed ranks last."""
     if metric == "auto":
-        metric = "val_acc" if any("val_acc" in g["metrics"] for g in groups) else "test_loss"
+        have = {m for g in groups for m in g["metrics"]}
+        metric = next((m for m in ("val_acc", "val_loss") if m in have), "test_loss")
     higher = METRICS[metric][1]
     families: dict[tuple, list[dict]] = {}
     for g in groups:
-        fixed = tuple((k, json.dumps(v)) for k, v in g["values"] if k not in (key, "algorithm.name"))
-        families.setdefault((g.get("algorithm"), fixed), []).append(g)
+        families.setdefault(family(g.get("algorithm"), g["values"], key), []).append(g)
     out = []
     for (algorithm, fixed), members in families.items():
         scores, by_value = {}, {}
@@ -467,6 +472,37 @@ def select(groups: list[dict], key: str, metric: str = "auto") -> list[dict]:
             "group": winner["group"],
         })
     return out
+
+
+def family(algorithm, values, key: str) -> tuple:
+    """Runs that compete for the best value of `key`: the same algorithm and the same values
+    of every other grid key."""
+    return algorithm, tuple((k, json.dumps(v)) for k, v in values if k not in (key, "algorithm.name"))
+
+
+def next_value(values: list, edge: str):
+    """The value one step past the `edge` of a numeric grid: ×/÷ the ratio of the two values
+    at that edge when all are positive, else ± their difference; integers stay integers.
+    (value, None), or (None, why not)."""
+    if len(values) < 2:
+        return None, "one value gives no step to widen by"
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return None, "the values are not numbers"
+    xs = sorted(values)
+    a, b = (xs[1], xs[0]) if edge == "smallest" else (xs[-2], xs[-1])
+    if all(v > 0 for v in xs):
+        v = b * (b / a)
+    else:
+        v = b + (b - a)
+    if all(isinstance(x, int) for x in xs):
+        v = int(round(v))
+        if v in xs:
+            v = b + (1 if edge == "largest" else -1)
+    elif isinstance(v, float):
+        v = float(f"{v:.6g}")
+    if v in xs:
+        return None, f"no value past {b} to try"
+    return v, None
 
 
 def _hashable(v):
@@ -494,7 +530,7 @@ def summarize(p: Plan, *, target=None, select_key=None, metric="auto", ran=0, sk
     runs = collect(p, target)
     groups = aggregate(runs)
     chosen = select(groups, resolve_key(select_key, list(p.grid)), metric) if select_key else []
-    return SweepResult(p.root, p.grid, p.seeds, runs, groups, chosen, target, ran, skipped)
+    return SweepResult(p.root, p.grid, p.seeds, runs, groups, chosen, target=target, ran=ran, skipped=skipped)
 
 
 def write_summary(res: SweepResult) -> tuple[Path, Path]:
@@ -505,6 +541,7 @@ def write_summary(res: SweepResult) -> tuple[Path, Path]:
         "target": target,
         "groups": res.groups,
         "selection": res.selection,
+        "widening": res.widening,
         "runs": res.runs,
     }
     js = write_atomic(res.root / "sweep.json", json.dumps(doc, indent=2, default=str))
@@ -567,6 +604,13 @@ def selection_lines(res: SweepResult) -> list[str]:
         line = f"best {s['key']} for {who}: {_show(s['best'])} by {label} {fmt(s['score'])}"
         if s["edge"] in ("smallest", "largest"):
             line += f" (on the grid's edge: the {s['edge']} value; widen the grid)"
+        w = next((w for w in res.widening if w["algorithm"] == s["algorithm"] and w["fixed"] == s["fixed"]), None)
+        if w and w["added"]:
+            line += f"; widened by {', '.join(map(_show, w['added']))}"
+        if w and w["stopped"]:
+            line += f"; widening stopped: {w['stopped']}"
+        if s["metric"].startswith("test_"):
+            line += " [selected on the test split: set task.validation to hold out a validation split]"
         elif s["edge"]:
             line += " (the only value in the grid)"
         lines.append(line)
@@ -615,6 +659,7 @@ def run_sweep(
     metric: str | None = None,
     tensorboard: bool = False,
     overrides: list[Override] = (),
+    widen: int | None = None,
     say=print,
 ) -> SweepResult:
     """Plan, run what is missing, summarize and write sweep.json and sweep.md. `config` is a
@@ -630,6 +675,11 @@ def run_sweep(
     target = target if target is not None else table.target
     select = select or table.select
     metric = metric or table.metric
+    widen = widen if widen is not None else table.widen
+    if widen < 0:
+        raise UserError(f"--widen must be >= 0, got {widen}")
+    if widen and not select:
+        raise UserError("--widen extends the grid past the best value of --select KEY: give --select")
     if metric not in SELECT_METRICS:
         raise UserError(f"unknown metric '{metric}' (choose from {', '.join(SELECT_METRICS)})")
     p = plan(base, grid, seeds, out, source=source, source_dir=source_dir, overrides=list(overrides))
@@ -637,7 +687,63 @@ def run_sweep(
         resolve_key(select, list(p.grid))
     ran, skipped = execute(p, jobs=jobs, tensorboard=tensorboard, say=say)
     res = summarize(p, target=target, select_key=select, metric=metric, ran=ran, skipped=skipped)
+    if widen:
+        res = _widen(res, base, grid, seeds, out, source, source_dir, list(overrides), widen,
+                     dict(jobs=jobs, tensorboard=tensorboard, say=say), dict(target=target, select_key=select, metric=metric))
     write_summary(res)
+    return res
+
+
+def _widen(res: SweepResult, base, grid, seeds, out, source, source_dir, overrides, widen: int, run_kw, sum_kw) -> SweepResult:
+    """While a family's selected best sits on an edge of its values of the selected key, add
+    the next value past that edge for that family alone (at most `widen` per family), run
+    it over the seeds and select again; record what was added and why widening stopped."""
+    key = resolve_key(sum_kw["select_key"], list(grid))
+    added: dict[tuple, list] = {}
+    stopped: dict[tuple, str] = {}
+    info: dict[tuple, dict] = {}
+    ran, skipped = res.ran, res.skipped
+    while True:
+        new = False
+        for s in res.selection:
+            fam = (s["algorithm"], tuple((k, json.dumps(v)) for k, v in s["fixed"].items()))
+            info[fam] = {"algorithm": s["algorithm"], "fixed": s["fixed"]}
+            if s["edge"] not in ("smallest", "largest"):
+                continue
+            if len(added.get(fam, [])) >= widen:
+                stopped[fam] = f"still at the {s['edge']} value {_show(s['best'])} after {widen} added (raise --widen)"
+                continue
+            v, why = next_value([*grid[key], *added.get(fam, [])], s["edge"])
+            if v is None:
+                stopped[fam] = why
+                continue
+            added.setdefault(fam, []).append(v)
+            new = True
+        if not new:
+            break
+        wide = {**grid, key: [*grid[key], *sorted({v for vs in added.values() for v in vs} - set(grid[key]))]}
+
+        def keep(point, cfg):
+            value = dict(point.values)[key]
+            if value in grid[key]:
+                return True
+            return value in added.get(family(cfg.algorithm.get("name"), point.values, key), [])
+
+        try:
+            p = plan(base, wide, seeds, out, source=source, source_dir=source_dir, overrides=overrides, keep=keep)
+        except UserError as e:  # a value past the edge the config refuses: stop there
+            for fam in added:
+                if fam not in stopped:
+                    stopped[fam] = f"the next value is refused: {e}"
+            break
+        r, k = execute(p, **run_kw)
+        ran, skipped = ran + r, skipped + k - len(res.runs)  # the runs of the last plan were all done here or before
+        res = summarize(p, **sum_kw, ran=ran, skipped=skipped)
+    res.widening = [
+        {**info[fam], "key": key, "added": added.get(fam, []), "stopped": stopped.get(fam)}
+        for fam in info if fam in added or fam in stopped
+    ]
+    res.grid = {**grid, key: sorted({*grid[key], *(v for vs in added.values() for v in vs)})}
     return res
 
 

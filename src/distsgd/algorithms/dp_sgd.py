@@ -1,5 +1,6 @@
 """DP-SGD: differentially private SGD by per-sample clipping and Gaussian noise, on any
-synchronous gradient method (AllReduce-SGD, Local SGD, compressed SGD).
+synchronous method that sends gradients (AllReduce-SGD, Local SGD, compressed SGD, EF21,
+PowerSGD, Signum).
 
 Abadi, Chu, Goodfellow, McMahan, Mironov, Talwar, Zhang, "Deep learning with differential
 privacy", CCS 2016, Algorithm 1. Every step, each worker i
@@ -28,11 +29,19 @@ oracle; everything after it is post-processing). s and b_i depend on `mode`:
   the sum leaves the workers: `inner` must be allreduce_sgd (Local SGD's local steps use
   each worker's own under-noised gradients; a compressor's message is no sum).
 
-Compression (inner compressed_sgd, or local_sgd with a compressor) compresses the noised
-g̃_i: noise before compression, so the compressor, its error feedback and its randomness are
-post-processing and any compressor keeps the guarantee. Noise after compression is not
-offered: a compressor's output has no sensitivity bound in general (top-k and sign change
-which coordinates a record moves), so its privacy would need a per-compressor analysis.
+Inner methods (`inner`): allreduce_sgd, local_sgd, compressed_sgd, ef21 (EF21 / EF21-W),
+powersgd and signum (or its alias signum_mv). Each draws one gradient per worker from the
+oracle per step (Local SGD: one per local step), and each call is one accounted mechanism
+invocation. Compression (compressed_sgd, ef21's compressed differences ∇f_i − g_i, powersgd's
+rank-r power iteration with error feedback, signum's momentum sign and majority vote, or
+local_sgd with a compressor) acts on the noised g̃_i: noise before compression, so the
+compressor, its error feedback, its state and its randomness are post-processing and every
+compressor keeps the guarantee. Noise after compression is not offered: a compressor's
+output has no sensitivity bound in general (top-k and sign change which coordinates a record
+moves), so its privacy would need a per-compressor analysis. dp_sgd's lr, momentum,
+weight_decay and nesterov go to the inner method where it has them; one it lacks is refused
+when set (EF21 has none of the last three; Signum's momentum is its own `beta`, set in
+`inner`; compressed_sgd has no Nesterov). PowerSGD's layer shapes are bound by the engine.
 
 Accounting (`distsgd.privacy.accounting`): Poisson sampling ↔ the Poisson-subsampled
 Gaussian (Opacus RDP or PRV), uniform sampling ↔ dp-accounting's sampled-without-replacement
@@ -55,11 +64,17 @@ from .. import rng
 from ..errors import UserError
 from ..privacy import accounting
 from ..privacy.mechanisms import poisson_sample, privatize, uniform_sample
-from . import allreduce_sgd, compressed_sgd, local_sgd  # noqa: F401  (register the inner algorithms)
+from . import allreduce_sgd, compressed_sgd, ef21, local_sgd, powersgd, signum  # noqa: F401  (register the inner algorithms)
 from .base import ALGORITHMS, Momentum, Nesterov, Seed, StepSize, WeightDecay, options
 
-INNER = ("allreduce_sgd", "local_sgd", "compressed_sgd")
+# the synchronous methods whose oracle dp_sgd privatizes: each step, every worker's gradients
+INNER = ("allreduce_sgd", "local_sgd", "compressed_sgd", "ef21", "powersgd", "signum", "signum_mv")
 SHARED = ("lr", "momentum", "weight_decay", "nesterov")  # set on dp_sgd, passed to the inner algorithm
+# what to do instead when dp_sgd sets a shared option the inner method lacks
+INSTEAD = {
+    ("signum", "momentum"): "Signum's momentum is its beta: set it in inner, e.g. inner = {name = \"signum\", beta = 0.9}",
+    ("signum_mv", "momentum"): "Signum's momentum is its beta: set it in inner, e.g. inner = {name = \"signum_mv\", beta = 0.9}",
+}
 
 
 def local_shards(oracle, comm) -> list[torch.Tensor]:
@@ -106,13 +121,13 @@ class Plan:
 
 @ALGORITHMS.register(
     paper="Abadi et al., CCS 2016 (Alg. 1); Mironov, CSF 2017; Gopi et al., NeurIPS 2021; Wang et al., AISTATS 2019",
-    hidden=("client_sizes", "run_steps"),
+    hidden=("client_sizes", "run_steps", "shapes"),
 )
 @options
 class DPSGDPrivate:
     """DP-SGD: per-sample clipping and Gaussian noise on a synchronous method's gradients."""
 
-    engine_fields = ("client_sizes", "run_steps")  # set by the engine (unannotated: not an option)
+    engine_fields = ("client_sizes", "run_steps", "shapes")  # set by the engine (unannotated: not an option)
 
     lr: StepSize
     noise_multiplier: Annotated[float | None, Field(ge=0, description="σ: noise std σ·C on each clipped sum (None: calibrated from target_epsilon)")] = None
@@ -126,12 +141,13 @@ class DPSGDPrivate:
     batch_size: Annotated[int | None, Field(ge=1, description="expected (poisson) or fixed (uniform) batch per worker, when sample_rate is unset (default: the task's)")] = None
     accountant: Annotated[Literal["rdp", "prv"], Field(description="rdp (Opacus / dp-accounting) or prv (Opacus, Poisson only)")] = "rdp"
     mode: Annotated[Literal["local", "central"], Field(description="local: each worker adds σC; central: each adds σC/√n, summed under secure aggregation")] = "local"
-    inner: Annotated[str | dict, Field(description="the synchronous method privatized: allreduce_sgd, local_sgd or compressed_sgd (a name or a table of its options)")] = "allreduce_sgd"
+    inner: Annotated[str | dict, Field(description="the synchronous method privatized: allreduce_sgd, local_sgd, compressed_sgd, ef21, powersgd or signum (a name or a table of its options)")] = "allreduce_sgd"
     momentum: Momentum = 0.0
     weight_decay: WeightDecay = 0.0
     nesterov: Nesterov = False
     client_sizes: tuple[int, ...] | None = None  # N_i, set by the engine
     run_steps: int | None = None  # the run's steps, set by the engine: planned steps when steps/epochs are unset
+    shapes: tuple[tuple[int, ...], ...] | None = None  # the model's layer shapes, set by the engine (for powersgd)
     seed: Seed = None
     name: str = "dp_sgd"
 
@@ -154,7 +170,8 @@ class DPSGDPrivate:
 
     def inner_algorithm(self):
         """The inner synchronous algorithm, built from `inner` with dp_sgd's lr, momentum,
-        weight decay, Nesterov flag and seed."""
+        weight decay, Nesterov flag and seed where it has them (a shared option set on dp_sgd
+        that the inner method lacks is refused), and the engine's layer shapes (PowerSGD)."""
         entry, kw = ALGORITHMS.split(self.inner)
         if entry.name not in INNER:
             raise ValueError(f"inner must be one of {', '.join(INNER)}, got {entry.name!r}")
@@ -166,9 +183,12 @@ class DPSGDPrivate:
             if k in fields:
                 kw[k] = value
             elif value != getattr(type(self), k, value) and value:
-                raise ValueError(f"inner {entry.name} has no {k}")
+                instead = INSTEAD.get((entry.name, k), f"leave {k} unset with inner = {entry.name!r}")
+                raise ValueError(f"inner {entry.name} has no {k}: {instead}")
         if "seed" in fields and kw.get("seed") is None:
             kw["seed"] = self.seed
+        if "shapes" in fields and kw.get("shapes") is None and self.shapes is not None:
+            kw["shapes"] = self.shapes
         return ALGORITHMS.create({"name": entry.name, **kw})
 
     # -- plan: sample rates, batches, accounted groups, σ -------------------------------------

@@ -25,6 +25,21 @@ def loss_for(kind: str):
     return lambda out, y: 0.5 * (out.squeeze(-1) - y).pow(2).mean()
 
 
+def hold_out(size: int, fraction: float, generator: torch.Generator) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(validation indices, the rest) of `size` training samples: round(fraction·size) drawn
+    at random, both sorted; (None, None) for fraction 0 (no draw, so the partition's random
+    stream is what it is without a validation split)."""
+    if fraction == 0:
+        return None, None
+    if not 0 < fraction < 1:
+        raise UserError(f"validation must be a fraction in [0, 1), got {fraction}")
+    k = round(fraction * size)
+    if k < 1 or k >= size:
+        raise UserError(f"validation = {fraction} of {size} training samples leaves {k} for validation and {size - k} to train on")
+    order = torch.randperm(size, generator=generator)
+    return order[:k].sort().values, order[k:].sort().values
+
+
 class Samples:
     """Training or test samples: two tensors (the fast path: one indexing per batch) or any
     map-style `torch.utils.data.Dataset` whose items are (input, target) pairs, batched with
@@ -91,6 +106,7 @@ class Task:
     label_flip: tuple[int, ...] = ()  # workers whose training labels are flipped (an attack)
     dataset: ds.Dataset | None = None  # the built-in dataset, when the task is one of ours
     eval_samples: int = 10_000  # train metrics on at most this many samples (a fixed subset)
+    val: torch.Tensor | None = None  # training samples held out as the validation split (in no shard)
 
     def flipped(self, y: torch.Tensor) -> torch.Tensor:
         """The labels a label-flipping worker sees: C − 1 − y, 1 − y (binary) or −y."""
@@ -104,19 +120,33 @@ class Task:
     def n(self) -> int:
         return len(self.shards)
 
+    @property
+    def train_samples(self) -> int:
+        """Training samples the workers may draw from (the validation split held out)."""
+        return len(self.train) - (0 if self.val is None else len(self.val))
+
     @torch.no_grad()
     def evaluate(self, outputs_fn, split: str = "test", chunk: int = 4096) -> dict:
-        """Loss (and accuracy for classification) of `outputs_fn(x_batch)` on a split."""
+        """Loss (and accuracy for classification) of `outputs_fn(x_batch)` on a split: "train"
+        (a fixed subset of at most `eval_samples`), "val" (the held-out samples) or "test"."""
         data = self.test if split == "test" else self.train
-        if data is None:
+        if data is None or (split == "val" and self.val is None):
             return {}
-        count = min(len(data), self.eval_samples) if split == "train" else len(data)
+        if split == "val":
+            order = self.val
+        elif split == "train" and self.val is not None:  # the samples trained on, never the held-out ones
+            kept = torch.ones(len(data), dtype=torch.bool)
+            kept[self.val] = False
+            pool = kept.nonzero().squeeze(1)
+            pick = torch.randperm(len(pool), generator=torch.Generator().manual_seed(0))[: self.eval_samples]
+            order = pool[pick.sort().values]
+        elif split == "train" and len(data) > self.eval_samples:  # a fixed random subset, the same at every evaluation
+            order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[: self.eval_samples].sort().values
+        else:
+            order = torch.arange(len(data))
+        count = len(order)
         if not data.fast:
             chunk = min(chunk, 256)
-        if count == len(data):
-            order = torch.arange(count)
-        else:  # a fixed random subset, the same at every evaluation
-            order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:count].sort().values
         total, correct = 0.0, 0
         for lo in range(0, count, chunk):
             xb, yb = data.batch(order[lo : lo + chunk])
@@ -155,6 +185,7 @@ def make_task(
     input_epsilon: float | None = None,
     input_mechanism: str = "laplace",
     input_delta: float | None = None,
+    validation: float = 0.0,
     seed: int = 0,
 ) -> Task:
     """Build data, shards and model. Every random choice draws from `seed`.
@@ -167,6 +198,10 @@ def make_task(
     last `lags` half-hours (mean squared error loss; model forecast_cnn, mlp or linear).
     `input_epsilon` perturbs its training series once before training (input perturbation,
     `distsgd.privacy.input_perturbation`: "laplace", or "gaussian" with `input_delta`).
+
+    validation: the fraction of the training samples held out (drawn from `seed`) as a
+    validation split that no worker trains on; evaluations then report val_loss and val_acc,
+    which is what tuning should select on (the test split stays for the final figures).
     """
     if n_workers < 1:
         raise UserError(f"n_workers must be >= 1, got {n_workers}")
@@ -195,22 +230,26 @@ def make_task(
     if partition is None:
         partition = "natural" if data.groups is not None else "iid"
     g = torch.Generator().manual_seed(seed)
+    val, pool = hold_out(len(data.y), validation, g)
+    y = data.y if pool is None else data.y[pool]
     if partition == "iid":
-        shards = part.iid(len(data.y), n_workers, g)
+        shards = part.iid(len(y), n_workers, g)
     elif partition == "dirichlet":
         if data.kind == "regression":
             raise UserError("the dirichlet partition needs class labels; use iid or natural")
-        shards = part.dirichlet(data.y, n_workers, alpha, g, min_size=batch_size)
+        shards = part.dirichlet(y, n_workers, alpha, g, min_size=batch_size)
     elif partition == "labels":
         if data.kind == "regression":
             raise UserError("the labels partition needs class labels; use iid or natural")
-        shards = part.labels_per_worker(data.y, n_workers, labels_per_worker, g)
+        shards = part.labels_per_worker(y, n_workers, labels_per_worker, g)
     elif partition == "natural":
         if data.groups is None:
             raise UserError(f"dataset {dataset} has no natural partition; use iid, dirichlet or labels")
-        shards = part.natural(data.groups, n_workers)
+        shards = part.natural(data.groups if pool is None else data.groups[pool], n_workers)
     else:
         raise UserError(f"unknown partition '{partition}' (choose from {', '.join(part.PARTITIONS)})")
+    if pool is not None:
+        shards = [pool[s] for s in shards]
     smallest = min(len(s) for s in shards)
     if smallest < batch_size:
         raise UserError(
@@ -228,7 +267,8 @@ def make_task(
         "partition": partition,
         "n_workers": n_workers,
         "batch_size": batch_size,
-        "train_samples": len(data.y),
+        "train_samples": len(data.y) - (0 if val is None else len(val)),
+        **({"validation_samples": len(val)} if val is not None else {}),
         "test_samples": len(data.y_test),
         "parameters": sum(p.numel() for p in net.parameters()),
     }
@@ -243,4 +283,5 @@ def make_task(
         data.kind,
         data.num_classes,
         dataset=data,
+        val=val,
     )

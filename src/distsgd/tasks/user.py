@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import UserError
 from . import partition as part
-from .task import Samples, Task
+from .task import Samples, Task, hold_out
 
 LOSSES = {
     "cross_entropy": F.cross_entropy,
@@ -171,8 +171,11 @@ def user_task(
     n_workers: int,
     batch_size: int = 32,
     partition="iid",
+    validation: float = 0.0,
     seed: int = 0,
 ) -> Task:
+    """The checked task of a user's model and data; `validation` holds out that fraction of
+    the training samples (drawn from `seed`) as a validation split no worker trains on."""
     if not isinstance(model, nn.Module):
         raise UserError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     if not any(p.requires_grad for p in model.parameters()):
@@ -192,7 +195,15 @@ def user_task(
             labels = s.labels() if s is not None else None
             if labels is not None:  # otherwise every batch is checked as it is drawn
                 check_labels(labels, classes, name)
-    shards = make_shards(partition, train_s.labels(), len(train_s), n_workers, batch_size, seed)
+    val, pool = hold_out(len(train_s), validation, torch.Generator().manual_seed(seed))
+    if pool is None:
+        shards = make_shards(partition, train_s.labels(), len(train_s), n_workers, batch_size, seed)
+    elif isinstance(partition, list | tuple):
+        raise UserError("validation with explicit index lists: leave the validation samples out of the lists yourself")
+    else:
+        labels = train_s.labels()
+        shards = make_shards(partition, None if labels is None else labels[pool], len(pool), n_workers, batch_size, seed)
+        shards = [pool[s] for s in shards]
     smallest = min(len(s) for s in shards)
     if smallest < batch_size:
         raise UserError(
@@ -205,12 +216,13 @@ def user_task(
         "partition": partition if isinstance(partition, str) else "user",
         "n_workers": n_workers,
         "batch_size": batch_size,
-        "train_samples": len(train_s),
+        "train_samples": len(train_s) - (0 if val is None else len(val)),
+        **({"validation_samples": len(val)} if val is not None else {}),
         "test_samples": len(test_s) if test_s is not None else 0,
         "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "buffers": sum(b.numel() for b in model.buffers()),
     }
-    return Task(train_s, test_s, shards, model, batch_size, desc, loss, kind, classes)
+    return Task(train_s, test_s, shards, model, batch_size, desc, loss, kind, classes, val=val)
 
 
 def partition(dataset, n_workers: int, scheme="iid", *, seed: int = 0, batch_size: int = 1) -> list[torch.Tensor]:
