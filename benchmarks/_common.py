@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import statistics
@@ -28,12 +27,26 @@ def time_per_call(fn, calls: int, repeats: int = 3, warmup: int = 2) -> float:
     return statistics.median(samples)
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict:
+    """The machine a result was measured on: CPU model, cores, threads, torch and its build."""
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "torch_build": {"cuda": torch.version.cuda, "debug": torch.version.debug,
+                        "libraries": [ln.strip() for ln in torch.__config__.parallel_info().splitlines()
+                                      if ln and not ln.startswith(("\t", " ", "ATen")) and not ln.endswith(":")]},
         "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
     }
 
@@ -57,9 +70,13 @@ def write_text(path: Path, text: str) -> Path:
 
 def widen(grid: dict, lrs, measure, field: str, quick: bool, label: str, on_point=None) -> str:
     """Measure every lr of `lrs` not yet in `grid` (`measure(lr)` -> a dict whose `field` is
-    lower-is-better, None where the target was not reached), widening the grid by ×2 or ÷2
-    while the winner sits on its edge; each point is kept as it comes (`on_point`), so a
-    stopped tuning resumes where it was. Returns the best key."""
+    lower-is-better, None where the target was not reached), then, while the winner sits on
+    an edge, the next value past it by `distsgd.sweep`'s rules (`pick`, `next_value`: ×/÷ the
+    edge's ratio), the rules `distsgd sweep --select --widen` and `harness.tune` follow; each
+    point is kept as it comes (`on_point`), so a stopped tuning resumes where it was.
+    Returns the best key."""
+    from distsgd.sweep import next_value, pick
+
     while True:
         for lr in lrs:
             key = f"{lr:g}"
@@ -68,13 +85,11 @@ def widen(grid: dict, lrs, measure, field: str, quick: bool, label: str, on_poin
                 print(f"tune {label} lr={key}: {grid[key][field]}", flush=True)
                 if on_point:
                     on_point()
-        keys = sorted(grid, key=float)
-        best = min(keys, key=lambda k: (math.inf if grid[k][field] is None else grid[k][field], float(k)))
-        if grid[best][field] is None or quick:
-            return best
-        if best == keys[0]:
-            lrs = [float(keys[0]) / 2]
-        elif best == keys[-1]:
-            lrs = [float(keys[-1]) * 2]
-        else:
-            return best
+        values = sorted(float(k) for k in grid)
+        best, edge = pick({v: grid[f"{v:g}"][field] for v in values}, higher_is_better=False)
+        if grid[f"{best:g}"][field] is None or quick or edge not in ("smallest", "largest"):
+            return f"{best:g}"
+        nxt, _ = next_value(values, edge)
+        if nxt is None:
+            return f"{best:g}"
+        lrs = [nxt]
