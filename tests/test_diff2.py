@@ -13,7 +13,7 @@ from opacus.accountants import RDPAccountant
 import distsgd
 import distsgd.algorithms.diff2 as diff2_module
 from distsgd.algorithms import ALGORITHMS
-from distsgd.algorithms.diff2 import DIFF2, calibrate, plan_rounds
+from distsgd.algorithms.diff2 import DIFF2, calibrate, paper_sigmas, plan_rounds
 from distsgd.algorithms.dp_sgd import DPSGDPrivate
 from distsgd.comm.simulated import SimulatedCommunicator
 from distsgd.errors import UserError
@@ -128,15 +128,63 @@ def test_the_accountant_composes_restarts_and_differences_with_opacus(task):
         assert abs(row["epsilon"] - lib.get_epsilon(1e-5)) < 1e-9
 
 
-def test_target_epsilon_calibrates_sigma1_and_sigma2_as_the_paper_scales_them(task):
+def test_target_epsilon_calibrates_sigma1_and_sigma2_by_the_papers_formula(task):
     res = distsgd.train(task, DIFF2(lr=0.05, restart_period=4, target_epsilon=3.0), steps=20, eval_every=20, seed=0)
     row = res.metrics[-1]
     k1, k2 = plan_rounds(20, 4)
     assert (k1, k2) == (5, 15)
-    assert row["diff_noise_multiplier"] / row["noise_multiplier"] == pytest.approx(math.sqrt(k2 / k1))
+    alpha = 1 + math.ceil(2 * math.log(1e5) / 3.0)
+    assert row["noise_multiplier"] == pytest.approx(math.sqrt(4 * 1.25 * alpha * 20 / (4 * 3.0)), rel=1e-12)
+    assert row["diff_noise_multiplier"] == pytest.approx(math.sqrt(4 * 1.25 * alpha * 20 / (0.25 * 3.0)), rel=1e-12)
+    assert row["epsilon"] <= 3.0  # the library's accounting is tighter than the paper's one-order bound
+    assert calibrate(3.0, 1e-5, 20, 4) == (row["noise_multiplier"], row["diff_noise_multiplier"])
+
+
+def test_the_accountant_calibration_keeps_the_papers_ratio_and_spends_the_budget(task):
+    algo = DIFF2(lr=0.05, restart_period=4, target_epsilon=3.0, calibration="accountant")
+    row = distsgd.train(task, algo, steps=20, eval_every=20, seed=0).metrics[-1]
+    # σ2/σ1 = √(R/((u − 1)·K1)) = √(20/(0.25·5)) = 4: the restarts' 1/u of the Rényi budget
+    assert row["diff_noise_multiplier"] / row["noise_multiplier"] == pytest.approx(4.0)
     assert 2.99 < row["epsilon"] <= 3.0
-    s1, s2 = calibrate(3.0, 1e-5, 20, 4)
+    s1, s2 = calibrate(3.0, 1e-5, 20, 4, method="accountant")
     assert (s1, s2) == (row["noise_multiplier"], row["diff_noise_multiplier"])
+    assert s1 < paper_sigmas(3.0, 1e-5, 20, 4)[0]
+
+
+@pytest.mark.parametrize("eps, delta, rounds, period", [(3.0, 1e-5, 20, 4), (0.5, 1e-6, 200, 10), (8.0, 1e-5, 30, 7), (2.0, 1e-5, 12, 1)])
+def test_the_papers_sigmas_meet_its_renyi_bound(eps, delta, rounds, period):
+    """Sensitivity 2C (replace one record), std σC: RDP 2α/σ² a round at the paper's order α;
+    the restarts and at most R differences compose to ≤ ε/2, and ε/2 + ln(1/δ)/(α − 1) ≤ ε."""
+    s1, s2 = paper_sigmas(eps, delta, rounds, period)
+    alpha = 1 + math.ceil(2 * math.log(1 / delta) / eps)
+    k1, _ = plan_rounds(rounds, period)
+    restarts = k1 * 2 * alpha / s1**2
+    diffs = 0.0 if period == 1 else rounds * 2 * alpha / s2**2
+    assert restarts == pytest.approx(eps / 2 if period == 1 else eps / (2 * 1.25))
+    assert restarts + diffs + math.log(1 / delta) / (alpha - 1) <= eps * (1 + 1e-12)
+
+
+def test_the_noise_of_each_round_is_the_papers_for_given_epsilon_delta_rounds_period_n_and_c():
+    """The authors' calibration (noise on the average of the P workers' means, zero gradients):
+    restart std C1·√(4u·α·R/(T·n²·P²·ε)), difference std C2·‖x₁ − x₀‖·√(4u·α·R/((u − 1)·n²·P²·ε)),
+    α = 1 + ⌈2 ln(1/δ)/ε⌉, u = 1.25 (central mode: the noise of the sum, once)."""
+    eps, delta, rounds, period, n, p, c1, c2, d = 2.0, 1e-5, 20, 5, 12, 4, 0.5, 4.0, 40_000
+    alpha = 1 + math.ceil(2 * math.log(1 / delta) / eps)
+    restart_std = c1 * math.sqrt(4 * 1.25 * alpha * rounds / (period * n**2 * p**2 * eps))
+    diff_std_per_step = c2 * math.sqrt(4 * 1.25 * alpha * rounds / (0.25 * n**2 * p**2 * eps))
+    algo = DIFF2(lr=1.0, restart_period=period, max_grad_norm=c1, diff_clip=c2, target_epsilon=eps, delta=delta,
+                 steps=rounds, mode="central", client_sizes=(n,) * p, seed=4)
+    algo = distsgd.algorithms.bind(algo, p, 4)
+    comm = SimulatedCommunicator(p)
+    state = algo.init(torch.zeros(p, d), comm)
+    oracle = lambda x, **kw: torch.zeros(x.shape[0], kw["indices"].shape[1], d)  # noqa: E731
+    oracle.shards = QuadraticOracle(torch.zeros(p, n, 1)).shards
+    state = algo.step(state, oracle, comm)
+    v1 = state["v"][0].double()
+    assert abs(float(v1.std()) / restart_std - 1) < 0.02
+    step = float(torch.linalg.vector_norm(state["x"][0] - state["x_prev"][0]))
+    state = algo.step(state, oracle, comm)
+    assert abs(float((state["v"][0].double() - v1).std()) / (diff_std_per_step * step) - 1) < 0.02
 
 
 def test_restart_period_one_is_dp_gd_with_its_epsilon(task):
@@ -183,6 +231,7 @@ BAD = [
     ({"diff_noise_multiplier": None}, "set both"),
     ({"max_grad_norm": None}, "no clipping"),
     ({"accountant": "gdp"}, "accountant"),
+    ({"calibration": "rdp"}, "calibration"),
 ]
 
 
@@ -198,7 +247,7 @@ def test_bad_options_are_one_line_exit_2(options, match):
     [
         ({"noise_multiplier": None, "diff_noise_multiplier": None}, "set noise_multiplier and diff_noise_multiplier"),
         ({"target_epsilon": 0.5, "steps": 30}, "spend ε"),
-        ({"noise_multiplier": None, "diff_noise_multiplier": None, "target_epsilon": 1e-9}, "unreachable"),
+        ({"noise_multiplier": None, "diff_noise_multiplier": None, "target_epsilon": 1e-9, "calibration": "accountant"}, "unreachable"),
     ],
 )
 def test_bad_runs_are_refused_before_training_in_one_line(task, options, match):

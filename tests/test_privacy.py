@@ -205,11 +205,12 @@ def test_the_mean_update_carries_noise_sigma_c_once_in_central_mode_and_per_work
     assert abs(float(step.std()) / want - 1) < 0.02
 
 
-def _same_batches_reference(task, steps, b, seed):
-    """AllReduce-SGD fed the batches DP-SGD's uniform sampler draws (the same streams)."""
+def _same_batches_reference(task, steps, b, seed, algo=None):
+    """AllReduce-SGD (or `algo`, bound like the engine binds it) fed the batches DP-SGD's
+    uniform sampler draws (the same streams)."""
     workers = Workers(task, seed=seed)
     gens = rng.generators(seed, range(task.n), "dp_sampling")
-    algo = AllReduceSGD(lr=0.1, momentum=0.5)
+    algo = AllReduceSGD(lr=0.1, momentum=0.5) if algo is None else distsgd.algorithms.bind(algo, task.n, seed, workers.flat.shapes)
     comm = SimulatedCommunicator(task.n)
     state = algo.init(workers.x0(), comm)
     for _ in range(steps):
@@ -224,6 +225,66 @@ def test_no_noise_and_no_clipping_equals_allreduce_sgd(task):
     ref = _same_batches_reference(task, 6, 8, seed=2)
     torch.testing.assert_close(res.state["x"], ref, rtol=0, atol=1e-6)
     assert res.metrics[-1]["epsilon"] == math.inf
+
+
+# the compressed synchronous methods dp_sgd also privatizes, with the plain method they equal
+# without noise or clipping: (inner spec, dp_sgd's shared options, the reference algorithm)
+NEW_INNER = {
+    "ef21": ({"name": "ef21", "compressor": "topk:0.3"}, {}, {"name": "ef21", "compressor": "topk:0.3"}),
+    "ef21_w": (
+        {"name": "ef21", "compressor": "topk:0.5", "weights": [1.0, 2.0, 3.0, 4.0]}, {},
+        {"name": "ef21", "compressor": "topk:0.5", "weights": [1.0, 2.0, 3.0, 4.0]},
+    ),
+    "powersgd": (
+        {"name": "powersgd", "rank": 2}, {"momentum": 0.5, "weight_decay": 1e-3},
+        {"name": "powersgd", "rank": 2, "momentum": 0.5, "weight_decay": 1e-3},
+    ),
+    "powersgd_nesterov": (
+        {"name": "powersgd", "rank": 1, "start_iter": 2}, {"momentum": 0.9, "nesterov": True},
+        {"name": "powersgd", "rank": 1, "start_iter": 2, "momentum": 0.9, "nesterov": True},
+    ),
+    "signum": ({"name": "signum", "beta": 0.5}, {"weight_decay": 1e-3}, {"name": "signum", "beta": 0.5, "weight_decay": 1e-3}),
+    "signum_mean": ({"name": "signum_mv", "beta": 0.0, "aggregate": "mean"}, {}, {"name": "signum_mv", "beta": 0.0, "aggregate": "mean"}),
+}
+
+
+@pytest.fixture(scope="module")
+def mlp_task():
+    """A task with weight matrices PowerSGD compresses (16 × 10, 1 × 16 is sent dense)."""
+    return make_task("least_squares", n_workers=4, samples_per_worker=64, batch_size=8, dim=10, model="mlp", hidden=(16,), seed=0)
+
+
+@pytest.mark.parametrize("key", list(NEW_INNER))
+def test_no_noise_and_no_clipping_equals_the_plain_inner_method(mlp_task, key):
+    inner, shared, plain = NEW_INNER[key]
+    dp = DPSGDPrivate(lr=0.05, noise_multiplier=0.0, max_grad_norm=None, sampling="uniform", batch_size=8, inner=inner, **shared)
+    res = distsgd.train(mlp_task, dp, steps=5, eval_every=5, seed=2)
+    ref = _same_batches_reference(mlp_task, 5, 8, seed=2, algo=ALGORITHMS.create({**plain, "lr": 0.05}))
+    torch.testing.assert_close(res.state["x"], ref, rtol=0, atol=1e-6)
+    assert not torch.equal(res.state["x"], _same_batches_reference(mlp_task, 0, 8, seed=2))  # it moved
+    assert res.metrics[-1]["epsilon"] == math.inf
+
+
+@pytest.mark.parametrize("inner", [{"name": "ef21", "compressor": "topk:0.2"}, {"name": "powersgd", "rank": 1}, "signum"])
+def test_dp_sgd_privatizes_ef21_powersgd_and_signum(mlp_task, inner):
+    spec = {"name": "dp_sgd", "lr": 0.02, "noise_multiplier": 1.0, "batch_size": 8, "inner": inner}
+    res = distsgd.train(mlp_task, ALGORITHMS.create(spec), steps=6, eval_every=3, seed=0)
+    assert all(math.isfinite(r["test_loss"]) for r in res.metrics)
+    assert abs(res.metrics[-1]["epsilon"] - accounting.epsilon(1.0, 8 / 64, 6, 1e-5)) < 1e-9
+    assert DPSGDPrivate.privacy_steps(res.state) == 6  # one privatized gradient a step
+
+
+@pytest.mark.parametrize("inner", [{"name": "ef21", "compressor": "topk:0.2"}, {"name": "powersgd", "rank": 1}, {"name": "signum", "beta": 0.9}])
+def test_resume_with_a_compressed_inner_method_is_bit_exact(tmp_path, mlp_task, inner):
+    def algo():
+        return DPSGDPrivate(lr=0.02, noise_multiplier=0.8, max_grad_norm=0.5, sample_rate=0.1, inner=inner)
+
+    full = distsgd.train(mlp_task, algo(), steps=8, eval_every=4, seed=1)
+    d = tmp_path / "run"
+    distsgd.train(mlp_task, algo(), steps=8, eval_every=4, seed=1, run_dir=d, checkpoint_every=4, stop_after=4)
+    resumed = distsgd.train(mlp_task, algo(), steps=8, eval_every=4, seed=1, run_dir=d, checkpoint_every=4, resume=True)
+    assert torch.equal(full.state["x"], resumed.state["x"])
+    assert full.state["dp"]["accountants"] == resumed.state["dp"]["accountants"]
 
 
 def test_every_metrics_row_reports_the_librarys_epsilon(task):
@@ -326,8 +387,16 @@ BAD = [
     ({"max_grad_norm": None}, "no clipping"),
     ({"sampling": "uniform", "accountant": "prv"}, "prv"),
     ({"mode": "central", "inner": "local_sgd"}, "secure aggregation"),
-    ({"inner": "signum"}, "inner must be one of"),
+    ({"inner": "dpsgd"}, "inner must be one of"),
+    ({"inner": "fedavg"}, "inner must be one of"),
     ({"inner": {"name": "allreduce_sgd", "lr": 0.3}}, "set lr on dp_sgd"),
+    ({"inner": "signum", "momentum": 0.9}, "has no momentum: Signum's momentum is its beta"),
+    ({"inner": "ef21", "momentum": 0.9}, "inner ef21 has no momentum"),
+    ({"inner": "ef21", "weight_decay": 0.1}, "inner ef21 has no weight_decay"),
+    ({"inner": "compressed_sgd", "nesterov": True, "momentum": 0.9}, "inner compressed_sgd has no nesterov"),
+    ({"inner": {"name": "powersgd", "momentum": 0.9}}, "set momentum on dp_sgd"),
+    ({"mode": "central", "inner": "powersgd"}, "secure aggregation"),
+    ({"mode": "central", "inner": "signum"}, "secure aggregation"),
 ]
 
 

@@ -192,3 +192,120 @@ def test_per_sample_gradients_refuse_batchnorm_in_one_line():
     w.gradients(w.x0())  # the batch gradient works
     with pytest.raises(UserError, match="per-sample gradients need a model whose forward leaves its buffers alone"):
         w.gradients(w.x0(), per_sample=True)
+
+
+# -- clipped per-sample sums: ghost clipping (Linear / Conv1d) == the vmap path --------------------
+
+
+def _clipped_both(task, c, seed=0, b=12):
+    from distsgd.workers import Workers as W
+
+    w = W(task, seed=0)
+    x = _x(w, seed)
+    idx = torch.stack([s[:b] for s in w.shards])
+    xb, y = task.train.batch(idx)
+    layers = {n: w.flat.layer(x, n) for n in w.flat.names}
+    mask = torch.rand(w.m, b, generator=torch.Generator().manual_seed(seed)) < 0.7
+    fast = w.clipped_sums(layers, w.buffers, xb, y, c, mask, fast=True)
+    slow = w.clipped_sums(layers, w.buffers, xb, y, c, mask, fast=False)
+    return w, fast, slow
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn1d"])
+@pytest.mark.parametrize("c", [0.05, 1.0, float("inf")])
+def test_ghost_clipping_equals_the_vmap_path(model, c):
+    """Norms from activations and output gradients, sums by book-keeping: the per-sample
+    gradients' own norms and clipped sums (Li et al. 2022; Bu et al. 2023), to 1e-5."""
+    task = make_task("mnist1d", n_workers=3, model=model, hidden=(12, 8), batch_size=8, num_samples=600, seed=0)
+    w, (s1, n1, l1), (s2, n2, l2) = _clipped_both(task, c)
+    assert w.ghost_clipping
+    assert s1.shape == (3, w.d) and n1.shape == (3, 12)
+    torch.testing.assert_close(n1, n2, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(s1, s2, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(l1, l2, atol=1e-6, rtol=1e-6)
+    if c == 0.05:  # clipping is active: every real sample's share has norm C
+        assert bool((n2 > c).all())
+
+
+class _Strided(nn.Module):
+    """Conv1d with stride, padding and dilation, a sequence Linear (3 positions) and a frozen bias."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 4, 3, stride=2, padding=1, dilation=2)
+        self.seq = nn.Linear(4, 6)
+        self.head = nn.Linear(6 * 9, 10)
+        self.head.bias.requires_grad_(False)
+
+    def forward(self, x):
+        h = torch.tanh(self.conv(x.unsqueeze(-2)))  # [B, 4, 19]
+        h = torch.relu(self.seq(h[..., :9].transpose(-1, -2)))  # [B, 9, 6]: 9 positions
+        return self.head(h.flatten(-2))
+
+
+class _Shared(nn.Module):
+    """One Linear called twice: not covered (its per-sample gradient sums two uses)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.twice, self.out = nn.Linear(40, 8), nn.Linear(8, 8), nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.twice(torch.relu(self.twice(torch.relu(self.inp(x)))))))
+
+
+class _Normed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp, self.norm, self.out = nn.Linear(40, 8), nn.LayerNorm(8), nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.out(self.norm(torch.relu(self.inp(x))))
+
+
+def _user_task(module):
+    import dataclasses
+
+    base = make_task("mnist1d", n_workers=2, model="mlp", hidden=(8,), batch_size=8, num_samples=600, seed=0)
+    return dataclasses.replace(base, model=module)
+
+
+@pytest.mark.parametrize("c", [0.05, 2.0])
+def test_ghost_clipping_covers_strided_convolutions_sequences_and_frozen_parameters(c):
+    torch.manual_seed(0)
+    w, (s1, n1, _), (s2, n2, _) = _clipped_both(_user_task(_Strided()), c, b=6)
+    assert w.ghost_clipping
+    torch.testing.assert_close(n1, n2, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(s1, s2, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("module, covered", [(_Shared, True), (_Normed, False)])
+def test_models_ghost_clipping_does_not_cover_take_the_vmap_path(module, covered):
+    """A layer called twice is found on the first batch; a LayerNorm's parameters up front."""
+    torch.manual_seed(0)
+    task = _user_task(module())
+    w = Workers(task, seed=0)
+    assert w.ghost_clipping is covered
+    x = _x(w, 3)
+    idx = torch.stack([s[:8] for s in w.shards])
+    got, _ = w.gradients(x, indices=idx, per_sample=True, max_grad_norm=0.1)
+    assert not w.ghost_clipping  # fell back, and stays on the vmap path
+    per, _ = w.gradients(x, indices=idx, per_sample=True)
+    from distsgd.privacy.mechanisms import clipped_sum
+
+    torch.testing.assert_close(got, clipped_sum(per, 0.1), atol=1e-6, rtol=1e-5)
+
+
+def test_clipped_sums_through_gradients_count_and_average_the_loss_like_per_sample(task):
+    w, ref = Workers(task, seed=4), Workers(task, seed=4)
+    x = _x(w, 5)
+    idx = torch.stack([s[:10] for s in w.shards])
+    mask = torch.ones(w.m, 10, dtype=torch.bool)
+    mask[:, 7:] = False
+    sums, loss = w.gradients(x, indices=idx, mask=mask, per_sample=True, max_grad_norm=0.5)
+    per, loss_ref = ref.gradients(x, indices=idx, mask=mask, per_sample=True)
+    from distsgd.privacy.mechanisms import clipped_sum
+
+    torch.testing.assert_close(sums, clipped_sum(per, 0.5, mask), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(loss, loss_ref, atol=1e-6, rtol=1e-6)
+    assert w.samples_drawn.tolist() == ref.samples_drawn.tolist() == [7] * w.m

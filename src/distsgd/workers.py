@@ -20,6 +20,14 @@ permutation. The sequence of permutations itself never depends on B, so worker i
 depend only on (seed, i) and the batch sizes asked of it. `indices=` bypasses the stream,
 and `per_sample=True` returns every sample's own gradient (a vmap over the samples nested in
 the vmap over the workers), e.g. for gradient diversity or per-sample clipping.
+
+`per_sample=True, max_grad_norm=C` returns what DP-SGD needs of them, the clipped sums
+Σ_j min(1, C/(‖g_ij‖ + 1e-6))·g_ij [m, d], and for models whose trainable layers are all
+nn.Linear or nn.Conv1d (`GhostClip`) computes them without materializing a per-sample
+gradient: ghost norms (Li, Tramèr, Liang, Hashimoto, "Large language models can be strong
+differentially private learners", ICLR 2022, §4) and book-keeping (Bu, Wang, Zha, Karypis,
+"Differentially private optimization on large model at small cost", ICML 2023), from one
+forward and one backward of the batch; other models take the vmap path, with the same result.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from ._alloc import tune_allocator
+from .privacy.mechanisms import CLIP_EPS, check_max_grad_norm
 from .tasks.task import Task
 
 
@@ -163,6 +172,161 @@ class WorkerBatchSampler(torch.utils.data.Sampler):
                     done += 1
 
 
+GHOST_ACTIVATIONS = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.Softplus, nn.Identity, nn.Flatten)
+
+
+class GhostClip:
+    """Clipped per-sample gradient sums of m stacked workers without per-sample gradients.
+
+    For a layer y = W a (+ b) applied to sample j, the per-sample gradient is
+    ∇_W ℓ_j = Σ_t g_jt a_jtᵀ with a_jt the layer's input and
+    g_jt = ∂ℓ_j/∂y_jt its output gradient (t: positions of a sequence, the output positions of
+    a Conv1d with a its unfolded patches, one position for a plain Linear). Because the
+    samples do not interact, one backward of Σ_j ℓ_j gives every g_j, and (Li et al. 2022):
+
+        ‖∇_W ℓ_j‖² = ‖a_j‖²‖g_j‖²   (one position),   Σ_{t,s} (a_jt·a_js)(g_jt·g_js)   (T positions,
+        or ‖Σ_t g_jt a_jtᵀ‖² formed directly when T² > rows·cols),   ‖∇_b ℓ_j‖² = ‖Σ_t g_jt‖²;
+
+    then with c_j = mask_j·min(1, C/(‖∇ℓ_j‖ + 1e-6)) the clipped sum is Σ_j c_j ∇ℓ_j =
+    Σ_j c_j Σ_t g_jt a_jtᵀ, one contraction per layer of the stored a and g (book-keeping,
+    Bu et al. 2023: no second backward). The activations a and output gradients g come from
+    forward hooks that record each layer's input and add a zero probe to its output, the
+    probes being what the backward differentiates, inside the vmap over the workers.
+
+    Covered: models whose trainable parameters all belong to nn.Linear or nn.Conv1d layers
+    (groups 1, zero or no padding), each called once per forward, with no buffers, whose
+    forward treats the samples of a batch independently (checked once on the first batch:
+    the batched output equals the per-sample one). Anything else: `supported` is False and the
+    engine takes the vmap path."""
+
+    def __init__(self, model: nn.Module, flat: Flat, frozen: dict, loss):
+        self.model, self.flat, self.frozen, self.loss = model, flat, frozen, loss
+        self.layers: dict[str, nn.Module] = {}  # module name -> module
+        self.params: dict[str, tuple[str, str]] = {}  # flat name -> (module name, "weight" | "bias")
+        self.supported = self._cover()
+        self.known: dict = {}  # batch shape -> the covered layers' output shapes (None: not covered)
+        self._grad = vmap(grad_and_value(self._probe_loss, has_aux=True))
+
+    def _cover(self) -> bool:
+        if any(True for _ in self.model.buffers()):
+            return False
+        owners = {}
+        for mname, mod in self.model.named_modules():
+            for pname, _ in mod.named_parameters(recurse=False):
+                owners[f"{mname}.{pname}" if mname else pname] = (mname, mod, pname)
+        for name in self.flat.names:
+            mname, mod, pname = owners[name]
+            if type(mod) is nn.Conv1d:
+                if mod.groups != 1 or mod.padding_mode != "zeros" or isinstance(mod.padding, str):
+                    return False
+            elif type(mod) is not nn.Linear:
+                return False
+            self.layers[mname] = mod
+            self.params[name] = (mname, pname)
+        # every other module with parameters must hold only frozen ones (constants)
+        return bool(self.layers)
+
+    def _probe_loss(self, probes, params, xb, yb):
+        """Σ_j ℓ_j with a zero probe added to every covered layer's output; aux: the layers'
+        inputs and the per-sample losses."""
+        acts = {}
+        handles = []
+        for mname, mod in self.layers.items():
+            def hook(_m, args, out, mname=mname):
+                acts[mname] = args[0]
+                return out + probes[mname]
+
+            handles.append(mod.register_forward_hook(hook))
+        try:
+            out = functional_call(self.model, (params, self.frozen), (xb,))
+        finally:
+            for h in handles:
+                h.remove()
+        losses = vmap(lambda o, t: self.loss(o.unsqueeze(0), t.unsqueeze(0)))(out, yb)
+        return losses.sum(), (acts, losses)
+
+    def _shapes(self, params0: dict, xb0: torch.Tensor) -> dict | None:
+        """Each covered layer's output shape for worker 0's batch xb0 (None: a layer is not
+        called exactly once, or the batch is not its leading dimension, or samples interact),
+        found once per batch shape."""
+        key = tuple(xb0.shape[1:])  # per sample: the shapes, the checks, do not depend on the batch size
+        if key not in self.known:
+            self.known[key] = self._discover(params0, xb0)
+        per = self.known[key]
+        return None if per is None else {n: (xb0.shape[0], *shape) for n, shape in per.items()}
+
+    def _discover(self, params0: dict, xb0: torch.Tensor) -> dict | None:
+        shapes: dict[str, list] = {m: [] for m in self.layers}
+        handles = [mod.register_forward_hook(lambda _m, a, o, n=n: shapes[n].append((a[0].shape, o.shape)))
+                   for n, mod in self.layers.items()]
+        try:
+            with torch.no_grad():
+                out = functional_call(self.model, (params0, self.frozen), (xb0,))
+        finally:
+            for h in handles:
+                h.remove()
+        b = xb0.shape[0]
+        if any(len(v) != 1 or v[0][0][0] != b or v[0][1][0] != b for v in shapes.values()):
+            return None
+        with torch.no_grad():  # the forward must not mix samples: batched == one at a time
+            one = torch.cat([functional_call(self.model, (params0, self.frozen), (xb0[j : j + 1],)) for j in range(min(b, 2))])
+        if one.shape != out[: len(one)].shape or not torch.allclose(one, out[: len(one)], rtol=1e-4, atol=1e-5):
+            return None
+        return {n: tuple(v[0][1][1:]) for n, v in shapes.items()}
+
+    @staticmethod
+    def _positions(mod: nn.Module, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A [m, B, T, p], G [m, B, T, q]): the layer's inputs and output gradients per position."""
+        m, b = a.shape[:2]
+        if isinstance(mod, nn.Conv1d):
+            cin, length = a.shape[-2], a.shape[-1]
+            cols = torch.nn.functional.unfold(
+                a.reshape(m * b, cin, 1, length), kernel_size=(1, mod.kernel_size[0]), dilation=(1, mod.dilation[0]),
+                padding=(0, mod.padding[0]), stride=(1, mod.stride[0]),
+            )  # [mB, cin·k, T], ordered as the weight [cout, cin, k]
+            return cols.reshape(m, b, cols.shape[1], -1).transpose(2, 3), g.reshape(m, b, g.shape[-2], -1).transpose(2, 3)
+        return a.reshape(m, b, -1, a.shape[-1]), g.reshape(m, b, -1, g.shape[-1])
+
+    def clipped_sums(self, layers: dict, xb: torch.Tensor, yb: torch.Tensor, max_grad_norm: float, mask: torch.Tensor | None):
+        """(Σ_j c_j ∇ℓ_ij [m, d], per-sample norms ‖∇ℓ_ij‖ [m, B], per-sample losses [m, B]),
+        or None when this batch is not covered (the caller takes the vmap path)."""
+        m, b = xb.shape[:2]
+        shapes = self._shapes({n: t[0] for n, t in layers.items()}, xb[0])
+        if shapes is None:
+            return None
+        probes = {n: torch.zeros(m, *shape, dtype=xb.dtype if xb.is_floating_point() else torch.float32) for n, shape in shapes.items()}
+        grads, (_, (acts, losses)) = self._grad(probes, layers, xb, yb)
+        sq = torch.zeros(m, b, dtype=torch.float32)
+        pos = {}
+        for mname, mod in self.layers.items():
+            a, g = self._positions(mod, acts[mname].detach(), grads[mname])
+            pos[mname] = (a, g)
+            for owner, pname in self.params.values():
+                if owner != mname:
+                    continue
+                if pname == "bias":
+                    sq += g.sum(2).square().sum(-1)
+                elif a.shape[2] == 1:  # one position: ‖a‖²‖g‖²
+                    sq += a.square().sum((2, 3)) * g.square().sum((2, 3))
+                elif a.shape[2] ** 2 <= a.shape[3] * g.shape[3]:  # ghost norm: Gram matrices of the positions
+                    sq += (torch.einsum("mbtp,mbsp->mbts", a, a) * torch.einsum("mbtq,mbsq->mbts", g, g)).sum((2, 3))
+                else:  # the per-sample gradient of this layer is the smaller object
+                    sq += torch.einsum("mbtq,mbtp->mbqp", g, a).square().sum((2, 3))
+        norms = sq.clamp(min=0).sqrt()
+        c = (max_grad_norm / (norms + CLIP_EPS)).clamp(max=1.0)
+        if mask is not None:
+            c = c * mask.to(c.dtype)
+        out = []
+        for name in self.flat.names:
+            mname, pname = self.params[name]
+            a, g = pos[mname]
+            if pname == "bias":
+                out.append(torch.einsum("mb,mbtq->mq", c, g))
+            else:
+                out.append(torch.einsum("mbtq,mbtp->mqp", g * c.view(m, b, 1, 1), a).reshape(m, -1))
+        return torch.cat(out, dim=1), norms, losses
+
+
 class Workers:
     """The m workers [start, start + m) of a task: batches, gradients and evaluation.
 
@@ -170,6 +334,8 @@ class Workers:
     gradients on (its stream's draws and the columns of `indices=`): the true epochs of a
     run whose batch size varies are `samples_drawn.sum()` over all workers / len(train).
     """
+
+    clips_sums = True  # gradients(per_sample=True, max_grad_norm=C) returns clipped sums (dp_sgd asks for them)
 
     def __init__(
         self, task: Task, seed: int = 0, start: int = 0, m: int | None = None, compile: bool = False
@@ -220,6 +386,9 @@ class Workers:
             self._grad = torch.compile(self._grad, dynamic=False)
         # per-sample: a vmap over one worker's samples (its parameters shared) inside the vmap over workers
         self._per_sample_grad = vmap(vmap(grad_and_value(own_loss), in_dims=(None, None, 0, 0)))
+        # clipped per-sample sums without per-sample gradients (Linear / Conv1d models); False: always the vmap path
+        self.ghost = GhostClip(self.model, self.flat, frozen, loss)
+        self.ghost_clipping = self.ghost.supported
 
     @property
     def d(self) -> int:
@@ -290,6 +459,7 @@ class Workers:
         mask: torch.Tensor | None = None,
         count: bool = True,
         per_sample: bool = False,
+        max_grad_norm: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One stochastic gradient per worker at its own row of x[m, d]: (g[m, d], loss[m]).
         With `rows` (local indices), x holds those workers' rows only and only they draw.
@@ -304,6 +474,9 @@ class Workers:
         per_sample=True: g is [m', B, d], row j of worker i the gradient of sample j's own
         loss (a batch of one); loss[m'] stays the mean loss of the batch. Per-sample gradients
         need a model whose forward leaves its buffers alone (no BatchNorm in training mode).
+        per_sample=True, max_grad_norm=C: g is the clipped sum [m', d] of the per-sample
+        gradients, Σ_j mask_ij·min(1, C/(‖g_ij‖ + 1e-6))·g_ij (C = inf: their plain sum), by
+        `GhostClip` where the model is covered (`ghost_clipping`), else by the vmap path.
         """
         from .errors import UserError
 
@@ -332,6 +505,12 @@ class Workers:
             y[flip] = self.task.flipped(y[flip])
         layers = {name: self.flat.layer(x, name) for name in self.flat.names}
         buffers = self.buffers if rows is None else {n: b[rows] for n, b in self.buffers.items()}
+        if per_sample and max_grad_norm is not None:
+            sums, _, loss = self.clipped_sums(layers, buffers, xb, y, max_grad_norm, mask)
+            if mask is not None:
+                real = mask.to(loss.dtype)
+                return sums, (loss * real).sum(1) / real.sum(1).clamp(min=1)
+            return sums, loss.mean(1)
         if per_sample:
             try:
                 grads, loss = self._per_sample_grad(layers, buffers, xb, y)
@@ -358,6 +537,41 @@ class Workers:
                 self.buffers[n][rows] = b
         g = torch.cat([grads[name].reshape(k, -1) for name in self.flat.names], dim=1)
         return g, loss
+
+    def clipped_sums(self, layers, buffers, xb, y, max_grad_norm: float, mask=None, *, fast: bool | None = None):
+        """(clipped sums [m, d], per-sample gradient norms [m, B], per-sample losses [m, B]) of
+        the batch xb [m, B, ...] at the stacked layer views `layers`: by ghost norms and
+        book-keeping (`fast`, default `ghost_clipping`) or from the vmap's per-sample gradients."""
+        from .errors import UserError
+
+        check_max_grad_norm(max_grad_norm)
+        if fast is None:
+            fast = self.ghost_clipping
+        if fast:
+            try:
+                got = self.ghost.clipped_sums(layers, xb, y, max_grad_norm, mask)
+            except (RuntimeError, NotImplementedError, TypeError, ValueError):
+                got = None  # not covered after all (e.g. a forward vmap cannot trace): the vmap path
+            if got is not None:
+                return got
+            self.ghost_clipping = False  # this model's forward is not covered: do not try again
+        try:
+            grads, loss = self._per_sample_grad(layers, buffers, xb, y)
+        except (RuntimeError, NotImplementedError, TypeError, ValueError) as e:
+            if buffers:
+                raise UserError(
+                    f"per-sample gradients need a model whose forward leaves its buffers alone "
+                    f"({', '.join(buffers)}): BatchNorm in training mode mixes the samples of a batch; "
+                    "use GroupNorm or LayerNorm"
+                ) from None
+            raise not_vmappable(self.model, e, xb[0, 0]) from None
+        k, b = xb.shape[:2]
+        g = torch.cat([grads[name].reshape(k, b, -1) for name in self.flat.names], dim=2)
+        norms = torch.linalg.vector_norm(g, dim=-1)
+        c = (max_grad_norm / (norms + CLIP_EPS)).clamp(max=1.0)
+        if mask is not None:
+            c = c * mask.to(c.dtype)
+        return torch.einsum("mb,mbd->md", c, g), norms, loss
 
     def average_buffers(self, comm) -> None:
         """Every worker's floating-point buffers become their mean over all workers."""

@@ -22,16 +22,43 @@ differences telescope and v_r = ∇f(x_{r−1}) exactly at every round; the rest
 rounds bound the noise the recursion accumulates (the paper's T = Θ((G²√d / (L n_min P
 ε))^{2/3} R) needs the Lipschitz and smoothness constants G, L, so T is an option here).
 
-Privacy (the paper's local setting: each worker's messages protect its own records against
-everybody else): each round is one Gaussian mechanism on a full-batch sum (sample rate 1),
-noise multiplier σ1 at the ⌈R/T⌉ restarts and σ2 at the other rounds. Their composition is
-accounted by Opacus's RDP (or PRV) accountant over the history [(σ1, 1, K1), (σ2, 1, K2)],
-never by hand. With `target_epsilon`, σ1 and σ2 are calibrated as σ1 = s·√K1, σ2 = s·√K2:
-the restarts and the differences each spend half the Rényi budget, which is the split of the
-paper's privacy analysis as we read it (σ1 ∝ √(R/T), σ2 ∝ √R on the same C/(n_min ε) scale;
-not checked against the full text, whose constants the library's calibration replaces anyway);
-the common factor is found by bisection on the library's ε. `mode = "central"` splits the noise into
-n shares σ/√n summed under secure aggregation, as dp_sgd does (see its docstring).
+Privacy. The guarantee is for what the rounds release (the noised average the server, or
+secure aggregation, forms), as in the paper: each round is one Gaussian mechanism on a
+full-batch clipped sum (sample rate 1); one record, replaced, moves its worker's sum by at most
+2·C1 (restart) or 2·C_{2,r} (difference), and the noise is σ1·C1 or σ2·C_{2,r}. Calibration
+(`calibration = "paper"`, the default) is the paper's, for R planned rounds, restart period T,
+target (ε, δ) and u = 1.25:
+
+    α  = 1 + ⌈2 ln(1/δ) / ε⌉                              (one Rényi order)
+    σ1 = √(4u·α·K1 / ε)         (T = 1, DP-GD: √(4·α·R / ε))
+    σ2 = √(4u·α·R / ((u − 1)·ε))
+
+with K1 = R/T restarts. These are the noise multipliers of a worker's clipped *sum*; the
+authors state them on the average of the P workers' means, σ_paper = σ / (n_min·P):
+σ1,paper² = 4u·α·R / (T·n_min²·P²·ε), σ2,paper² = 4u·α·R / ((u − 1)·n_min²·P²·ε), which is
+what the authors' reproduction code sets (`Diff2_GD_Server._set_sigma`, `_set_sigma2`, as
+preserved in the public fork lawrenceztang/CE-PLSGM, src/optimizers.py: coef 4u for T > 1,
+4 for T = 1, coef 2·2u/(u − 1) for σ2, α = int(1 + ⌈2 log(1/δ)/ε⌉), u = 1.25). Why it
+holds (Mironov, CSF 2017: the Gaussian's RDP, composition, conversion to (ε, δ)): a Gaussian of sensitivity 2C and std σC is
+(α, 2α/σ²)-RDP, so the K1 restarts spend K1·2α/σ1² = ε/(2u), the at most R differences
+R·2α/σ2² = (u − 1)ε/(2u), together ε/2, and ε/2 + ln(1/δ)/(α − 1) ≤ ε: the restarts get the
+share 1/u of the Rényi budget, the differences (u − 1)/u. Left open by what we could read:
+the paper's own statement (its text past the introduction was not retrievable here, so the
+proposition is not cited by number; the formula is the authors' code, checked by the proof
+above); we take K1 = ⌈R/T⌉ (the paper's R/T when T divides R, sound otherwise), and count
+R difference rounds as the paper does (K2 = R − K1 < R: conservative). `mode = "central"`
+is the paper's noise on the average exactly (n shares σC/√n summed under secure aggregation,
+as dp_sgd's; with equal shards the std on the average is σ1·C1/(n·P) = σ1,paper·C1);
+`mode = "local"` adds σC per worker, so each message alone carries the guarantee against
+everybody (√P more noise on the average than the paper's).
+
+The reported ε is the library's: Opacus's RDP (or PRV) accountant over the history
+[(σ1, 1, K1), (σ2, 1, K2)] (Gaussians at q = 1, the add/remove relation of Opacus's DP-GD,
+sensitivity C), which is tighter than the paper's single-order bound, so it comes out below
+the target; the run stops when that ε would pass `target_epsilon`. `calibration =
+"accountant"` instead keeps the paper's ratio σ2/σ1 = √(R / ((u − 1)·K1)) (the same 1/u :
+(u − 1)/u split of the Rényi budget at every order) and finds the smallest common scale whose
+library ε meets the target, by bisection.
 """
 
 from __future__ import annotations
@@ -77,15 +104,47 @@ def epsilon(sigma1: float, sigma2: float, rounds: int, period: int, delta: float
     return acc.epsilon(delta)
 
 
-def calibrate(target_epsilon: float, delta: float, rounds: int, period: int, accountant: str = "rdp") -> tuple[float, float]:
-    """(σ1, σ2) = s·(√K1, √K2) with the smallest s (bisection to 1e-4 relative) whose composed ε
-    (the library's) is at most target_epsilon: the paper's scaling, half the Rényi budget each."""
+PAPER_U = 1.25  # the paper's u > 1: the restarts get 1/u of the Rényi budget (the authors' code's value)
+
+
+def paper_order(target_epsilon: float, delta: float) -> int:
+    """α = 1 + ⌈2 ln(1/δ)/ε⌉: the Rényi order of the paper's calibration, at which
+    ln(1/δ)/(α − 1) ≤ ε/2."""
+    return 1 + math.ceil(2 * math.log(1 / delta) / target_epsilon)
+
+
+def paper_sigmas(target_epsilon: float, delta: float, rounds: int, period: int, u: float = PAPER_U) -> tuple[float, float]:
+    """The paper's (σ1, σ2) for R = `rounds`, T = `period` and (ε, δ), as noise multipliers of
+    a worker's clipped sum: σ1 = √(4u·α·K1/ε), σ2 = √(4u·α·R/((u − 1)·ε)), K1 = ⌈R/T⌉;
+    T = 1 (DP-GD, no differences): σ1 = σ2 = √(4·α·R/ε). See the module docstring."""
     accounting.check_target_epsilon(target_epsilon)
     accounting.check_delta(delta)
-    k1, k2 = plan_rounds(rounds, period)
+    if not u > 1:
+        raise UserError(f"diff2: the budget split u must be > 1, got {u}")
+    alpha = paper_order(target_epsilon, delta)
+    k1, _ = plan_rounds(rounds, period)
+    if period == 1:
+        sigma = math.sqrt(4 * alpha * k1 / target_epsilon)
+        return sigma, sigma
+    return math.sqrt(4 * u * alpha * k1 / target_epsilon), math.sqrt(4 * u * alpha * rounds / ((u - 1) * target_epsilon))
+
+
+def calibrate(
+    target_epsilon: float, delta: float, rounds: int, period: int, accountant: str = "rdp", method: str = "paper"
+) -> tuple[float, float]:
+    """(σ1, σ2) for the planned rounds: the paper's closed form (`method = "paper"`), or
+    (`"accountant"`) the paper's ratio σ2/σ1 = √(R/((u − 1)·K1)) with the smallest common
+    scale s (bisection to 1e-4 relative) whose composed ε (the library's) is at most
+    target_epsilon."""
+    if method == "paper":
+        return paper_sigmas(target_epsilon, delta, rounds, period)
+    accounting.check_target_epsilon(target_epsilon)
+    accounting.check_delta(delta)
+    k1, _ = plan_rounds(rounds, period)
+    r1, r2 = (1.0, 1.0) if period == 1 else (math.sqrt(PAPER_U * k1), math.sqrt(PAPER_U * rounds / (PAPER_U - 1)))
 
     def eps(s: float) -> float:
-        return epsilon(s * math.sqrt(k1), s * math.sqrt(k2), rounds, period, delta, accountant)
+        return epsilon(s * r1, s * r2, rounds, period, delta, accountant)
 
     lo, hi = 0.0, 1.0
     while eps(hi) > target_epsilon:
@@ -95,7 +154,7 @@ def calibrate(target_epsilon: float, delta: float, rounds: int, period: int, acc
     while hi - lo > 1e-4 * hi:
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if eps(mid) <= target_epsilon else (mid, hi)
-    return hi * math.sqrt(k1), hi * math.sqrt(k2)
+    return hi * r1, hi * r2
 
 
 def max_rounds(sigma1: float, sigma2: float, period: int, delta: float, target_epsilon: float, accountant: str = "rdp", guess: int = 1) -> int:
@@ -145,6 +204,7 @@ class DIFF2:
     delta: Annotated[float, Field(gt=0, lt=1, description="δ of the (ε, δ) guarantee")] = 1e-5
     steps: Annotated[int | None, Field(ge=1, description="planned rounds R (default: the run's steps)")] = None
     accountant: Annotated[Literal["rdp", "prv"], Field(description="Opacus accountant composing the rounds' Gaussians (q = 1)")] = "rdp"
+    calibration: Annotated[Literal["paper", "accountant"], Field(description="σ1, σ2 from target_epsilon: the paper's closed form, or its ratio scaled by the accountant")] = "paper"
     mode: Annotated[Literal["local", "central"], Field(description="local: each worker adds σC; central: each adds σC/√n, summed under secure aggregation")] = "local"
     chunk: Annotated[int | None, Field(ge=1, description="records per per-sample gradient call (memory bound; the result is the same)")] = None
     client_sizes: tuple[int, ...] | None = None  # n_p, set by the engine
@@ -177,7 +237,7 @@ class DIFF2:
         if self.target_epsilon is None or self.rounds is None:
             return self
         if self.noise_multiplier is None:
-            s1, s2 = calibrate(self.target_epsilon, self.delta, self.rounds, self.restart_period, self.accountant)
+            s1, s2 = calibrate(self.target_epsilon, self.delta, self.rounds, self.restart_period, self.accountant, self.calibration)
             return dataclasses.replace(self, noise_multiplier=s1, diff_noise_multiplier=s2)
         if self.steps is not None:  # an explicit plan is checked; a run's steps stop at the budget
             spent = epsilon(self.noise_multiplier, self.diff_noise_multiplier, self.steps, self.restart_period, self.delta, self.accountant)

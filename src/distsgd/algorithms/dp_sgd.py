@@ -63,8 +63,8 @@ from pydantic import Field
 from .. import rng
 from ..errors import UserError
 from ..privacy import accounting
-from ..privacy.mechanisms import poisson_sample, privatize, uniform_sample
-from . import allreduce_sgd, compressed_sgd, ef21, local_sgd, powersgd, signum  # noqa: F401  (register the inner algorithms)
+from ..privacy.mechanisms import noised_mean, poisson_sample, privatize, uniform_sample
+from . import allreduce_sgd, compressed_sgd, local_sgd  # noqa: F401  (register the inner algorithms; the others in inner_algorithm)
 from .base import ALGORITHMS, Momentum, Nesterov, Seed, StepSize, WeightDecay, options
 
 # the synchronous methods whose oracle dp_sgd privatizes: each step, every worker's gradients
@@ -87,6 +87,18 @@ def local_shards(oracle, comm) -> list[torch.Tensor]:
     if shards is None or len(shards) != comm.m:
         raise UserError("dp_sgd samples each worker's shard itself: its gradient oracle must carry the shards (run it with distsgd.train)")
     return list(shards)
+
+
+def clips_sums(oracle) -> bool:
+    """Whether the oracle returns clipped per-sample sums itself (`max_grad_norm=C` with
+    `per_sample=True`, the engine's contract: `Workers.gradients`, which forms them without
+    per-sample gradients where it can); other oracles return the per-sample gradients."""
+    if getattr(oracle, "clips_sums", False):
+        return True
+    workers = getattr(oracle, "workers", None)
+    if workers is None:
+        workers = getattr(getattr(oracle, "__self__", None), "workers", None)
+    return bool(getattr(workers, "clips_sums", False))
 
 
 def validate_model(model: torch.nn.Module) -> None:
@@ -172,6 +184,8 @@ class DPSGDPrivate:
         """The inner synchronous algorithm, built from `inner` with dp_sgd's lr, momentum,
         weight decay, Nesterov flag and seed where it has them (a shared option set on dp_sgd
         that the inner method lacks is refused), and the engine's layer shapes (PowerSGD)."""
+        from . import ef21, powersgd, signum  # noqa: F401  (registered here, not above: the registry keeps the package's order)
+
         entry, kw = ALGORITHMS.split(self.inner)
         if entry.name not in INNER:
             raise ValueError(f"inner must be one of {', '.join(INNER)}, got {entry.name!r}")
@@ -321,6 +335,7 @@ class DPSGDPrivate:
             normalizer = torch.tensor([plan.batches[i] for i in local], dtype=torch.float64)
         sampling, noise = rng.load(dp["sampling_rng"]), rng.load(dp["noise_rng"])
         calls = 0
+        engine_clips = clips_sums(oracle)
 
         def private_oracle(x, rows=None, **kw):
             nonlocal calls
@@ -331,8 +346,12 @@ class DPSGDPrivate:
                 idx, mask = poisson_sample(shards, [plan.sample_rates[i] for i in local], sampling)
             else:
                 idx, mask = uniform_sample(shards, [int(plan.batches[i]) for i in local], sampling)
-            g = oracle(x, indices=idx, mask=mask, per_sample=True)
-            out = privatize(g, mask, max_grad_norm=clip, noise_std=std, generators=noise, normalizer=normalizer.to(g.dtype))
+            if engine_clips:  # Σ_j clip(g_ij) from the engine (ghost clipping where it can), then the noise
+                s = oracle(x, indices=idx, mask=mask, per_sample=True, max_grad_norm=clip)
+                out = noised_mean(s, noise_std=std, generators=noise, normalizer=normalizer.to(s.dtype))
+            else:
+                g = oracle(x, indices=idx, mask=mask, per_sample=True)
+                out = privatize(g, mask, max_grad_norm=clip, noise_std=std, generators=noise, normalizer=normalizer.to(g.dtype))
             return out.to(x.dtype)
 
         new = self.inner_algorithm().step({k: v for k, v in state.items() if k != "dp"}, private_oracle, comm)

@@ -79,8 +79,15 @@ def privatize(
     `noise_std` is σ·C for a worker that adds the whole noise (local DP), σ·C/√n for one of
     n workers whose noises are summed (distributed DP); `normalizer` the expected batch
     size (a number or one per worker [m])."""
-    s = clipped_sum(per_sample, max_grad_norm, mask)
-    s = s + gaussian_noise(generators, s.shape, noise_std, dtype=s.dtype)
+    return noised_mean(clipped_sum(per_sample, max_grad_norm, mask), noise_std=noise_std, generators=generators, normalizer=normalizer)
+
+
+def noised_mean(
+    clipped: torch.Tensor, *, noise_std: float, generators: Sequence[torch.Generator], normalizer: torch.Tensor | float
+) -> torch.Tensor:
+    """(s_i + N(0, noise_std²)) / normalizer_i of clipped sums s[m, d] (the second half of
+    `privatize`, for sums the engine clipped without per-sample gradients): the same draws."""
+    s = clipped + gaussian_noise(generators, clipped.shape, noise_std, dtype=clipped.dtype)
     norm = torch.as_tensor(normalizer, dtype=s.dtype)
     return s / (norm.unsqueeze(-1) if norm.dim() else norm)
 
