@@ -205,6 +205,8 @@ def _cmd_collectives(args) -> int:
     if not sizes:
         raise UserError("--sizes is empty")
     packet = parse_size(args.packet, "packet size") if args.packet else None
+    if args.model == "flow" and (args.packet or args.cut_through):
+        raise UserError("--packet and --cut-through describe the packet model: not with --model flow")
     if args.plot:
         check_plot_path(args.plot)
     if args.heatmap:
@@ -243,6 +245,7 @@ def _cmd_collectives(args) -> int:
         links=bool(args.json or args.heatmap),
         timeline=timeline,
         delays=delays,
+        model=args.model,
     )
     print_table(net, rows)
     if args.plot:
@@ -446,6 +449,13 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--nis", default="4", help="network interfaces per node (default: 4)")
     c.add_argument("--packet", help="packet size, e.g. 4KiB (default: size/2048, at least 256B)")
     c.add_argument("--cut-through", action="store_true", help="cut-through instead of store-and-forward")
+    c.add_argument(
+        "--model",
+        choices=("packet", "flow"),
+        default="packet",
+        help="packet: every packet through every link (FIFO); flow: messages as max-min fair flows, "
+        "cost independent of the size (for large sizes and node counts; default: packet)",
+    )
     c.add_argument(
         "--dataflow",
         action="store_true",

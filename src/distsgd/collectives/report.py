@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from .flow import simulate_flows
 from .interconnect import Interconnect
 from .schedules import lower_bound_seconds
 from .simulator import simulate
@@ -194,27 +195,34 @@ def compare(
     links: bool = False,
     timeline: int = 0,
     delays=None,
+    model: str = "packet",
 ) -> list[dict]:
     """One row per size and algorithm. Every row has the busiest link's utilization; with
     `links` also every link's bytes, busy seconds and utilization (lists in the order of
-    `link_table(net)`), with `timeline=K` each link's utilization in K equal intervals."""
+    `link_table(net)`), with `timeline=K` each link's utilization in K equal intervals.
+    `model`: "packet" (every packet through every link) or "flow" (max-min fair flows,
+    `collectives.flow`: for large sizes and node counts; no packets)."""
+    if model not in ("packet", "flow"):
+        raise UserError(f"bad model '{model}' (choose from packet, flow)")
     rows = []
     for size in sizes:
         bound = lower_bound_seconds(net, size, collective)
         ring_time = None
         per = {}
         for name, sched in schedules.items():
-            pk = packet_for(size, packet)
-            res = simulate(
-                sched,
-                net,
-                size,
-                packet_bytes=pk,
-                cut_through=cut_through,
-                lockstep=lockstep,
-                delays=delays,
-                timeline=timeline,
-            )
+            if model == "flow":
+                res = simulate_flows(sched, net, size, lockstep=lockstep, delays=delays, timeline=timeline)
+            else:
+                res = simulate(
+                    sched,
+                    net,
+                    size,
+                    packet_bytes=packet_for(size, packet),
+                    cut_through=cut_through,
+                    lockstep=lockstep,
+                    delays=delays,
+                    timeline=timeline,
+                )
             per[name] = res
             if name == "ring":
                 ring_time = res.seconds
@@ -229,7 +237,8 @@ def compare(
                     "lower_bound_seconds": bound,
                     "ratio_to_bound": res.seconds / bound,
                     "speedup_over_ring": (ring_time / res.seconds) if ring_time else None,
-                    "packet_bytes": packet_for(size, packet),
+                    "model": model,
+                    "packet_bytes": packet_for(size, packet) if model == "packet" else None,
                     "steps": schedules[name].steps,
                     "events": res.events,
                     "sim_wall_seconds": res.wall_seconds,
@@ -280,6 +289,7 @@ def print_table(net: Interconnect, rows: list[dict]) -> None:
     t = Table(
         title=f"{what} on {net.name}: {net.bandwidth / 1e9:g} GB/s links, "
         f"{net.latency * 1e9:g} ns, {net.nis} NI(s) per node"
+        + (", flow model" if rows and rows[0].get("model") == "flow" else "")
     )
     for col in ("size", "algorithm", "time", "algbw GB/s", "x bound", "speedup vs ring", "steps"):
         t.add_column(col, justify="left" if col == "algorithm" else "right")

@@ -69,17 +69,32 @@ def dependencies(schedule: Schedule) -> list[list[int]]:
     return deps
 
 
-def simulate(
-    schedule: Schedule,
-    net: Interconnect,
-    size_bytes: float,
-    packet_bytes: float = 4096,
-    cut_through: bool = False,
-    lockstep: bool = True,
-    delays=None,
-    timeline: int = 0,
-) -> SimResult:
-    t_wall = time.perf_counter()
+def ordering(schedule: Schedule, lockstep: bool):
+    """What each message waits for: (waiting counts, dependents, messages by step, the next
+    step of each step, messages left per step); with `lockstep` every message of a step
+    also waits for the step before it (one count, released when that step is done)."""
+    msgs = schedule.messages
+    deps = dependencies(schedule)
+    waiting = [len(d) for d in deps]
+    dependents: list[list[int]] = [[] for _ in msgs]
+    for i, d in enumerate(deps):
+        for j in d:
+            dependents[j].append(i)
+    by_step: dict[int, list[int]] = {}
+    for i, m in enumerate(msgs):
+        by_step.setdefault(m.step, []).append(i)
+    steps = sorted(by_step)
+    next_step = dict(zip(steps, steps[1:], strict=False))
+    step_left = {s: len(v) for s, v in by_step.items()}
+    if lockstep:
+        for s in steps[1:]:
+            for i in by_step[s]:
+                waiting[i] += 1  # the barrier of the step before
+    return waiting, dependents, by_step, next_step, step_left
+
+
+def node_delays(net: Interconnect, delays) -> list[float]:
+    """Seconds before each node may send (a dict {node: seconds} or a list), checked."""
     delay = [0.0] * net.n
     if delays is not None:
         items = delays.items() if isinstance(delays, dict) else enumerate(delays)
@@ -87,11 +102,13 @@ def simulate(
             if not 0 <= node < net.n or not (math.isfinite(d) and d >= 0):
                 raise ValueError(f"bad delay {d!r} for node {node}")
             delay[node] = float(d)
+    return delay
+
+
+def message_routes(schedule: Schedule, net: Interconnect) -> list[list[int]]:
+    """The links each message crosses: the interconnect's route, with the node's interfaces
+    taken round-robin in step order for the first (injection) and last (ejection) link."""
     msgs = schedule.messages
-    nbytes = schedule.message_bytes(size_bytes)
-    bw = np.array([lk[2] for lk in net.links])
-    lat = np.array([lk[3] for lk in net.links])
-    bw_l, lat_l = bw.tolist(), lat.tolist()
     route_cache: dict[tuple[int, int], list[int]] = {}
     routes = []
     sent = [0] * net.n  # messages so far per node: interfaces are taken round-robin
@@ -110,23 +127,28 @@ def simulate(
             sent[m.src] += 1
             got[m.dst] += 1
         routes.append((k, route))
-    routes = [r for _, r in sorted(routes)]
-    deps = dependencies(schedule)
-    waiting = [len(d) for d in deps]
-    dependents: list[list[int]] = [[] for _ in msgs]
-    for i, d in enumerate(deps):
-        for j in d:
-            dependents[j].append(i)
-    by_step: dict[int, list[int]] = {}
-    for i, m in enumerate(msgs):
-        by_step.setdefault(m.step, []).append(i)
-    steps = sorted(by_step)
-    next_step = dict(zip(steps, steps[1:], strict=False))
-    step_left = {s: len(v) for s, v in by_step.items()}
-    if lockstep:
-        for s in steps[1:]:
-            for i in by_step[s]:
-                waiting[i] += 1  # the barrier of the step before
+    return [r for _, r in sorted(routes)]
+
+
+def simulate(
+    schedule: Schedule,
+    net: Interconnect,
+    size_bytes: float,
+    packet_bytes: float = 4096,
+    cut_through: bool = False,
+    lockstep: bool = True,
+    delays=None,
+    timeline: int = 0,
+) -> SimResult:
+    t_wall = time.perf_counter()
+    delay = node_delays(net, delays)
+    msgs = schedule.messages
+    nbytes = schedule.message_bytes(size_bytes)
+    bw = np.array([lk[2] for lk in net.links])
+    lat = np.array([lk[3] for lk in net.links])
+    bw_l, lat_l = bw.tolist(), lat.tolist()
+    routes = message_routes(schedule, net)
+    waiting, dependents, by_step, next_step, step_left = ordering(schedule, lockstep)
     free = [0.0] * len(net.links)
     lbytes = [0.0] * len(net.links)
     lbusy = [0.0] * len(net.links)
