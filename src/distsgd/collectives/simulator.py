@@ -110,24 +110,26 @@ def message_routes(schedule: Schedule, net: Interconnect) -> list[list[int]]:
     taken round-robin in step order for the first (injection) and last (ejection) link."""
     msgs = schedule.messages
     route_cache: dict[tuple[int, int], list[int]] = {}
-    routes = []
+    outs = [net.parallel(v, net.attach(v)) for v in range(net.n)]  # a node's injection links
+    ins = [net.parallel(net.attach(v), v) for v in range(net.n)]  # and its ejection links
+    routes: list[list[int]] = [[] for _ in msgs]
     sent = [0] * net.n  # messages so far per node: interfaces are taken round-robin
     got = [0] * net.n
-    for k in sorted(range(len(msgs)), key=lambda k: (msgs[k].step, k)):
+    for k in sorted(range(len(msgs)), key=lambda k: msgs[k].step):  # stable: step, then k
         m = msgs[k]
-        key = (m.src, m.dst)
-        if key not in route_cache:
-            route_cache[key] = net.route(m.src, m.dst)
-        route = list(route_cache[key])
+        src, dst = m.src, m.dst
+        route = route_cache.get((src, dst))
+        if route is None:
+            route = route_cache[(src, dst)] = net.route(src, dst)
         if route:
-            outs = net.parallel(m.src, net.attach(m.src))
-            ins = net.parallel(net.attach(m.dst), m.dst)
-            route[0] = outs[sent[m.src] % len(outs)]
-            route[-1] = ins[got[m.dst] % len(ins)]
-            sent[m.src] += 1
-            got[m.dst] += 1
-        routes.append((k, route))
-    return [r for _, r in sorted(routes)]
+            route = list(route)
+            o, i = outs[src], ins[dst]
+            route[0] = o[sent[src] % len(o)]
+            route[-1] = i[got[dst] % len(i)]
+            sent[src] += 1
+            got[dst] += 1
+        routes[k] = route
+    return routes
 
 
 def simulate(
