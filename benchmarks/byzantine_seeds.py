@@ -7,7 +7,7 @@ model's initialisation, the batch order and the Byzantine ids all follow the see
 is the table's run) and reports each cell's accuracies, mean and how many seeds collapsed
 (accuracy below 0.2, where 0.1 is chance).
 
-Same setting as the table: 20 workers, 1D-CNN, batch 32, worker momentum 0.9, lr 0.5,
+The earlier, untuned table's setting: 20 workers, 1D-CNN, batch 32, worker momentum 0.9, lr 0.5,
 500 steps. Writes benchmarks/results/byzantine_seeds.json and .md.
 Run: python benchmarks/byzantine_seeds.py
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, write_result, write_text  # noqa: E402
-from byzantine_breakdown import PARTITIONS, _init, cell  # noqa: E402
+from byzantine_breakdown import PARTITIONS, _init  # noqa: E402
 
 SEEDS = (0, 1, 2)
 STEPS = 500
@@ -32,6 +32,21 @@ CELLS = {  # attack: rules
 }
 FS = (2, 4)
 COLLAPSED = 0.2
+
+
+def cell(partition: str, agg: str, attack: str, f: int, steps: int, seed: int = 0) -> tuple:
+    """One run of the earlier, untuned table's setting (lr 0.5, τ = 1, β = 0.1, no validation
+    split): (partition, agg, attack, f, final test accuracy or None if it diverged)."""
+    from distsgd import make_task, train
+    from distsgd.algorithms import RobustSGD
+    from distsgd.robust import Attack, make_aggregator, pick_byzantine
+
+    algo = RobustSGD(lr=0.5, aggregator=make_aggregator(agg, f, **({"tau": 1.0} if agg == "cclip" else {})),
+                     attack=Attack(attack), byzantine=pick_byzantine(20, f, seed=seed), worker_momentum=0.9,
+                     check=False)
+    task = make_task("mnist1d", n_workers=20, model="cnn1d", batch_size=32, seed=seed, **PARTITIONS[partition])
+    acc = train(task, algo, steps=steps, eval_every=steps).final.get("test_acc")
+    return partition, agg, attack, f, acc if acc == acc else None  # NaN (diverged) -> None
 
 
 def table(rows: list[dict]) -> str:

@@ -105,3 +105,49 @@ def test_reproduce_flags_figures_outside_their_prediction_interval():
     assert rows["acc"] == "moved" and rows["once"] == "moved" and rows["gone"] == "not rechecked"
     lo, hi = harness.predict(committed["acc"])
     assert lo < 0.80 and hi > 0.82 and harness.predict(committed["once"]) is None
+
+
+class _FakeRuns:
+    """Stands in for byzantine_breakdown.Runs: a job's result is a function of its value."""
+
+    def __init__(self, result):
+        self.result, self.data, self.ran = result, {}, []
+
+    def ensure(self, jobs):
+        for j in jobs:
+            if j not in self.data:
+                self.ran.append(j)
+                self.data[j] = self.result(j)
+        return True
+
+    def get(self, job):
+        return self.data[job]
+
+
+def test_byzantine_tuning_widens_in_rounds_and_stops_at_a_bound():
+    import byzantine_breakdown as bb
+
+    def result(job):  # job = (value, seed); validation accuracy peaks at lr 0.03
+        v, _seed = job
+        return {"val_acc": 1.0 - abs(math.log(v / 0.03)) / 10} if v < 50 else None
+
+    runs = _FakeRuns(result)
+    jobs = lambda v: [(v, s) for s in (0, 1)]  # noqa: E731
+    tunings = {
+        "a": {"values": (0.125, 0.25, 0.5), "bounds": (0.0, math.inf), "jobs": jobs, "score": bb._lr_score,
+              "detail": bb._detail},
+        # "b" scores every value alike, so the smallest wins and would widen downward
+        "b": {"values": (0.2, 0.4), "bounds": (0.15, 1.0), "jobs": jobs, "score": lambda rs: 0.0,
+              "detail": bb._detail},
+    }
+    rec = bb._tune_rounds(runs, tunings)
+    a = rec["a"]
+    assert a["edge"] is None and a["best"] == pytest.approx(0.03125) and a["stopped"] is None
+    assert a["added"] == [0.0625, 0.03125, 0.015625]
+    assert set(a["scores"]) == {"0.015625", "0.03125", "0.0625", "0.125", "0.25", "0.5"}
+    assert a["scores"]["0.125"]["runs"] == 2 and a["scores"]["0.125"]["diverged"] == 0
+    b = rec["b"]  # the next value down, 0.1, lies outside the bounds: stopped, and the record says so
+    assert b["best"] == 0.2 and b["edge"] == "smallest" and b["added"] == []
+    assert "outside" in b["stopped"]
+    assert "b: best 0.2 on the smallest edge" in "; ".join(harness.edges(rec))
+    assert len(runs.ran) == len(set(runs.ran))  # no run twice
