@@ -242,6 +242,19 @@ def test_widening_says_why_it_stopped(tmp_path, capsys):
         run_sweep(cfg, {"algorithm.lr": [1e-5, 2e-5]}, out=tmp_path / "runs", jobs=1, widen=1)
 
 
+def test_widening_stops_where_the_config_refuses_the_next_value(tmp_path):
+    from distsgd.overrides import parse_override
+
+    # a tiny lr: the most momentum wins, and the next value past 0.9 (1.35) is no momentum
+    cfg = _least_squares(tmp_path)
+    res = run_sweep(cfg, {"algorithm.momentum": [0.0, 0.45, 0.9]}, out=tmp_path / "runs", jobs=1,
+                    select="momentum", widen=3, overrides=[parse_override("algorithm.lr=1e-5")], say=lambda _: None)
+    (w,) = res.widening
+    assert res.selection[0]["best"] == 0.9 and res.selection[0]["edge"] == "largest"
+    assert w["added"] == [] and "the next value 1.35 is refused" in w["stopped"]
+    assert len(res.runs) == 3  # the refused value never ran
+
+
 def test_auto_selection_uses_the_validation_split_when_there_is_one(tmp_path):
     res = run_sweep(_least_squares(tmp_path), {"algorithm.lr": [0.01, 0.05]}, out=tmp_path / "runs", jobs=1,
                     select="lr", say=lambda _: None)

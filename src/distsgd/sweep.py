@@ -694,6 +694,33 @@ def run_sweep(
     return res
 
 
+def _widened_plan(base, grid, key, added, new, seeds, out, source, source_dir, overrides):
+    """(the plan of the grid with every family's added values, {}), or (None, {family: why})
+    for the families in `new` whose newest value the config refuses."""
+
+    def plan_with(extra: dict):
+        wide = {**grid, key: [*grid[key], *sorted({v for vs in extra.values() for v in vs} - set(grid[key]))]}
+
+        def keep(point, cfg):
+            value = dict(point.values)[key]
+            return value in grid[key] or value in extra.get(family(cfg.algorithm.get("name"), point.values, key), [])
+
+        return plan(base, wide, seeds, out, source=source, source_dir=source_dir, overrides=overrides, keep=keep)
+
+    try:
+        return plan_with(added), {}
+    except UserError:
+        refused = {}
+        for fam in new:
+            try:
+                plan_with({fam: added[fam][-1:]})
+            except UserError as e:
+                refused[fam] = str(e)
+        if not refused:
+            raise
+        return None, refused
+
+
 def _widen(res: SweepResult, base, grid, seeds, out, source, source_dir, overrides, widen: int, run_kw, sum_kw) -> SweepResult:
     """While a family's selected best sits on an edge of its values of the selected key, add
     the next value past that edge for that family alone (at most `widen` per family), run
@@ -703,12 +730,13 @@ def _widen(res: SweepResult, base, grid, seeds, out, source, source_dir, overrid
     stopped: dict[tuple, str] = {}
     info: dict[tuple, dict] = {}
     ran, skipped = res.ran, res.skipped
+    refused_once: set = set()  # families whose next value the config refused: widening ends there
     while True:
-        new = False
+        new = []
         for s in res.selection:
             fam = (s["algorithm"], tuple((k, json.dumps(v)) for k, v in s["fixed"].items()))
             info[fam] = {"algorithm": s["algorithm"], "fixed": s["fixed"]}
-            if s["edge"] not in ("smallest", "largest"):
+            if s["edge"] not in ("smallest", "largest") or fam in refused_once:
                 continue
             if len(added.get(fam, [])) >= widen:
                 stopped[fam] = f"still at the {s['edge']} value {_show(s['best'])} after {widen} added (raise --widen)"
@@ -718,23 +746,21 @@ def _widen(res: SweepResult, base, grid, seeds, out, source, source_dir, overrid
                 stopped[fam] = why
                 continue
             added.setdefault(fam, []).append(v)
-            new = True
+            new.append(fam)
         if not new:
             break
-        wide = {**grid, key: [*grid[key], *sorted({v for vs in added.values() for v in vs} - set(grid[key]))]}
-
-        def keep(point, cfg):
-            value = dict(point.values)[key]
-            if value in grid[key]:
-                return True
-            return value in added.get(family(cfg.algorithm.get("name"), point.values, key), [])
-
-        try:
-            p = plan(base, wide, seeds, out, source=source, source_dir=source_dir, overrides=overrides, keep=keep)
-        except UserError as e:  # a value past the edge the config refuses: stop there
-            for fam in added:
-                if fam not in stopped:
-                    stopped[fam] = f"the next value is refused: {e}"
+        p = None
+        while new:
+            p, refused = _widened_plan(base, grid, key, added, new, seeds, out, source, source_dir, overrides)
+            if p is not None:
+                break
+            for fam, why in refused.items():  # a value past the edge the config refuses: never run
+                stopped[fam] = f"the next value {_show(added[fam].pop())} is refused: {why}"
+                if not added[fam]:
+                    del added[fam]
+                new.remove(fam)
+                refused_once.add(fam)
+        if p is None:
             break
         r, k = execute(p, **run_kw)
         ran, skipped = ran + r, skipped + k - len(res.runs)  # the runs of the last plan were all done here or before
