@@ -26,7 +26,8 @@ runs diverged (NaN loss: never averaged as an accuracy).
 Every run's result is kept in benchmarks/results/byzantine_breakdown.runs.json (committed),
 so the benchmark resumes where a previous invocation stopped, on any machine; `--hours H`
 stops starting new runs after H hours. Writes benchmarks/results/byzantine_breakdown.json
-and .md (the README's table; cells not yet run show "…", and the JSON says "complete").
+and .md (the README's table) once every cell has run; until then
+byzantine_breakdown.partial.json and .md, where cells not yet run show "…".
 Run: python benchmarks/byzantine_breakdown.py [--hours H] [--jobs 2]
      python benchmarks/byzantine_breakdown.py --table-only
      python benchmarks/byzantine_breakdown.py --recheck PATH   (one fresh seed of a few cells)
@@ -364,7 +365,12 @@ def main(argv=None) -> int:
         recheck(args.recheck, args.jobs)
         return 0
     if args.table_only:
-        print(table(harness.load("byzantine_breakdown")))
+        partial = RESULTS / "byzantine_breakdown.partial.json"
+        doc = json.loads(partial.read_text()) if partial.exists() else harness.load("byzantine_breakdown")
+        if "complete" not in doc:
+            print((RESULTS / "byzantine_breakdown.md").read_text())  # the earlier, untuned benchmark's table
+            return 0
+        print(table(doc))
         return 0
     started = time.time()
     runs = Runs(RUNS_FILE if args.steps == STEPS else RUNS_FILE.with_suffix(f".{args.steps}.json"), args.jobs,
@@ -389,9 +395,13 @@ def main(argv=None) -> int:
     }
     md = table(result)
     print(md)
-    if args.steps == STEPS:
-        say(str(write_result("byzantine_breakdown", result)))
-        write_text(RESULTS / "byzantine_breakdown.md", md)
+    if args.steps == STEPS:  # an unfinished table goes to .partial files, the last complete one stays
+        name = "byzantine_breakdown" if complete else "byzantine_breakdown.partial"
+        say(str(write_result(name, result)))
+        write_text(RESULTS / f"{name}.md", md)
+        if complete:
+            for ext in ("json", "md"):
+                (RESULTS / f"byzantine_breakdown.partial.{ext}").unlink(missing_ok=True)
     if runs.pool:
         runs.pool.shutdown()
     say(f"{'complete' if complete else 'incomplete'}; {len(runs.data)} runs recorded; "
