@@ -14,8 +14,8 @@
 3. `choco`: CHOCO-SGD with Top-1% and with scaled-sign compression on a ring against
    D-PSGD (adapt-then-combine, momentum 0.9): test accuracy at equal steps, bytes sent per
    worker, and the bytes each CHOCO needs (run 3× as long) to reach D-PSGD's mean final
-   accuracy less one point. D-PSGD's lr is tuned; each CHOCO's consensus step γ is tuned at
-   that lr and then its own lr at that γ (run configs through the harness).
+   accuracy less one point. D-PSGD's lr is tuned; each CHOCO's lr and consensus step γ are
+   tuned jointly, a sweep over γ × lr (run configs through the harness).
 
 All three follow benchmarks/harness.py: every method's lr is tuned alike by the mean
 validation accuracy (task.validation = 0.1, never the test split) over 2 seeds, the grid
@@ -389,7 +389,7 @@ def recheck_adpsgd(committed: dict, jobs: int) -> dict:
 # -- claim 3: CHOCO-SGD against D-PSGD (run configs through the harness) ------------------
 
 CHOCO_LR_GRID = (0.025, 0.05, 0.1)  # with momentum 0.9
-GAMMA_GRID = (0.0625, 0.125, 0.25)  # widened ×2 at most twice: γ ≤ 1 by definition
+GAMMA_GRID = (0.0625, 0.125, 0.25)  # widened like the lr, up to γ's bound, 1
 CHOCO_METHODS = {"dpsgd": ("D-PSGD (ATC, momentum 0.9)", None), "top1%": ("CHOCO Top-1%", "topk:0.01"),
                  "scaled_sign": ("CHOCO scaled sign", "scaled_sign")}
 LONGER = 3  # CHOCO's final runs go on to this many times the steps
@@ -420,6 +420,52 @@ def _bytes_to(rows: list[dict], target: float, last_step: int) -> float | None:
     return hit["bytes_sent_per_worker"] if hit else None
 
 
+def tune_lr_gamma(label: str, config: dict, jobs: int) -> dict:
+    """CHOCO's lr and γ tuned jointly: `distsgd sweep` over γ × lr on 2 seeds selects the best
+    lr for every γ (widening each γ's lr grid past its edges), then the γ whose best lr scores
+    highest; while that γ sits on an edge of the γ grid the next γ is added (up to γ's bound,
+    1). Records as harness.tune_config's: {"gamma": ..., "lr": ...}."""
+    from distsgd.sweep import next_value, pick, run_sweep
+
+    gammas, added, stopped = list(GAMMA_GRID), [], None
+    cfg = {**config, "name": label, "seed": harness.TUNING_SEEDS[0]}
+    while True:
+        res = run_sweep(cfg, {"algorithm.gamma": gammas, "algorithm.lr": list(CHOCO_LR_GRID)},
+                        seeds=len(harness.TUNING_SEEDS), out=harness.RUNS / BENCH / "tune", jobs=jobs,
+                        select="algorithm.lr", widen=6, say=say)
+        per_gamma = {s["fixed"]["algorithm.gamma"]: s for s in res.selection}
+        scores = {g: (s["score"] or {}).get("mean") for g, s in sorted(per_gamma.items())}
+        best, edge = pick(scores, higher_is_better=res.selection[0]["metric"] == "val_acc")
+        if edge not in ("smallest", "largest") or scores[best] is None:
+            break
+        if len(added) >= 6:
+            stopped = f"still at the {edge} value {best:g} after 6 added"
+            break
+        v, why = next_value(sorted(gammas), edge)
+        if v is None or v > 1:
+            stopped = why or f"the next value {v:g} is past γ's bound, 1"
+            break
+        gammas.append(v)
+        added.append(v)
+    sel = per_gamma[best]
+    widened = next((w for w in res.widening if w["fixed"] == sel["fixed"]), {"added": [], "stopped": None})
+    lr_scores = {}
+    for grp in res.groups:
+        values = dict(grp["values"])
+        if values["algorithm.gamma"] == best:
+            m = grp["metrics"].get(sel["metric"], {})
+            lr_scores[f"{values['algorithm.lr']:g}"] = {"mean": m.get("mean"), "std": m.get("std"),
+                                                        "diverged": grp["diverged"]}
+    return {
+        "gamma": {"key": "algorithm.gamma", "best": best, "edge": edge, "added": added, "stopped": stopped,
+                  "metric": sel["metric"], "seeds": len(harness.TUNING_SEEDS),
+                  "scores": {f"{g:g}": {"mean": scores[g], "best_lr": per_gamma[g]["best"]} for g in scores}},
+        "lr": {"key": "algorithm.lr", "best": sel["best"], "edge": sel["edge"], "added": widened["added"],
+               "stopped": widened["stopped"], "metric": sel["metric"], "seeds": len(harness.TUNING_SEEDS),
+               "scores": lr_scores},
+    }
+
+
 def _reached(values: list) -> dict:
     """`stats` of the seeds that reached the target; the others counted as not reached."""
     s = harness.stats([v for v in values if v is not None])
@@ -428,23 +474,17 @@ def _reached(values: list) -> dict:
 
 
 def claim_choco(steps: int, jobs: int = 2) -> dict:
-    """D-PSGD's lr tuned on validation; each CHOCO's γ tuned at D-PSGD's lr, then its lr at
-    that γ (CHOCO gets the larger budget); finals on fresh seeds, CHOCO run LONGER× as long
-    and read at `steps` too; bytes each needs to reach D-PSGD's mean final accuracy − 1 point."""
+    """D-PSGD's lr tuned on validation; each CHOCO's lr and γ jointly (CHOCO gets the larger
+    budget); finals on fresh seeds, CHOCO run LONGER× as long and read at `steps` too; bytes
+    each needs to reach D-PSGD's mean final accuracy − 1 point."""
     tuning = {}
     short = {**choco_config("dpsgd", steps), "steps": steps}
     tuning["dpsgd"] = {"lr": harness.tune_config(f"choco-tune-dpsgd-{steps}", short, list(CHOCO_LR_GRID), bench=BENCH,
                                                  jobs=jobs, say=say)}
-    base_lr = tuning["dpsgd"]["lr"]["best"]
     for m in ("top1%", "scaled_sign"):
-        cfg = {**choco_config(m, steps, lr=base_lr), "steps": steps}  # tuned at `steps`, like D-PSGD
-        slug = m.replace("%", "pct")
-        g = harness.tune_config(f"choco-tune-gamma-{slug}-{steps}", cfg, list(GAMMA_GRID), key="algorithm.gamma",
-                                bench=BENCH, jobs=jobs, widen=2, say=say)
-        cfg = {**choco_config(m, steps, lr=base_lr, gamma=g["best"]), "steps": steps}
-        lr = harness.tune_config(f"choco-tune-lr-{slug}-{steps}", cfg, list(CHOCO_LR_GRID), bench=BENCH, jobs=jobs,
-                                 say=say)
-        tuning[m] = {"gamma": g, "lr": lr}
+        cfg = {**choco_config(m, steps), "steps": steps}  # tuned at `steps`, like D-PSGD
+        tuning[m] = tune_lr_gamma(f"choco-tune-{m.replace('%', 'pct')}-{steps}", cfg, jobs)
+        g, lr = tuning[m]["gamma"], tuning[m]["lr"]
         say(f"choco claim: {m} gamma {g['best']:g} ({g['edge'] or 'inside'}), lr {lr['best']:g} "
             f"({lr['edge'] or 'inside'})")
 
@@ -494,8 +534,9 @@ def claim_choco(steps: int, jobs: int = 2) -> dict:
             f"{harness.show(red, 1)}x fewer bytes ({red['not_reached']} seed(s) not reached)")
     out = {"steps": steps, "longer": LONGER, "target_test_acc": target,
            "protocol": {"validation": VALIDATION, "lr_grid": list(CHOCO_LR_GRID), "gamma_grid": list(GAMMA_GRID),
-                        "tuning": "D-PSGD: lr; CHOCO: γ at D-PSGD's lr, then lr at that γ; mean validation accuracy "
-                                  "over seeds 0, 1 at `steps`; widened while on an edge (γ at most twice: γ ≤ 1)",
+                        "tuning": "D-PSGD: lr; CHOCO: lr × γ jointly (the best lr per γ, then the best γ); mean "
+                                  "validation accuracy over seeds 0, 1 at `steps`; both widened while on an edge "
+                                  "(γ up to its bound, 1)",
                         "final_seeds": list(harness.FINAL_SEEDS),
                         "target": "D-PSGD's mean final test accuracy − 0.01",
                         "bytes": "float32 wire bytes the simulator counts, sent per worker"},
@@ -608,7 +649,7 @@ def markdown_choco(r: dict) -> str:
     b = res["dpsgd"]
     out = [f"# CHOCO-SGD vs D-PSGD: MNIST-1D, 1D-CNN, {N} workers, ring, momentum 0.9, {r['steps']} steps", "",
            f"D-PSGD's lr tuned on validation accuracy (task.validation {VALIDATION}) over seeds "
-           f"{', '.join(map(str, harness.TUNING_SEEDS))}; each CHOCO's γ tuned at that lr, then its lr at that γ; "
+           f"{', '.join(map(str, harness.TUNING_SEEDS))}; each CHOCO's lr and γ tuned jointly (best lr per γ); "
            f"figures: mean ± std over seeds {', '.join(map(str, harness.FINAL_SEEDS))} [95% interval]. CHOCO's "
            f"final runs go on to {longer}× the steps. Target: D-PSGD's mean final test accuracy − 0.01 = "
            f"{r['target_test_acc']:.3f}; bytes: float32 wire bytes sent per worker.", "",
