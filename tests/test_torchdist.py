@@ -63,8 +63,14 @@ def test_every_algorithm_and_compressor_gives_the_simulated_parameters_under_tor
         g = got[name]
         diff = float((g["x"] - ref.state["x"]).abs().max()) if g["x"].shape == ref.state["x"].shape else math.inf
         acc = [(a["test_acc"], b["test_acc"]) for a, b in zip(g["metrics"], ref.metrics, strict=True)]
-        if not diff < 1e-5:
-            bad.append(f"{name}: parameters differ by {diff:.3g}")
+        # a half-precision payload: a last-bit difference of the float32 arithmetic (stacked
+        # against per-process kernels, which differ by CPU) can flip one rounding of the
+        # payload, so the bound is one unit in the last place of that format at the
+        # parameters' scale; every other configuration stays within 1e-5
+        ulp = {"bfloat16": 2.0**-8, "float16": 2.0**-11}.get(name.rsplit("_", 1)[-1])
+        tol = max(1e-5, ulp * float(ref.state["x"].abs().max())) if ulp else 1e-5
+        if not diff < tol:
+            bad.append(f"{name}: parameters differ by {diff:.3g} (bound {tol:.3g})")
         if g["traffic"] != ref.summary["traffic"]:
             bad.append(f"{name}: traffic {g['traffic']} != {ref.summary['traffic']}")
         if any(abs(a - b) > 1e-3 for a, b in acc):
