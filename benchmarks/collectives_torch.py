@@ -45,11 +45,6 @@ def size_name(size: int) -> str:
     return f"{size // 2**20}MiB" if size >= 2**20 else f"{size // 2**10}KiB"
 
 
-def summary(ratios: list[float]) -> dict:
-    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
-    return {"median": statistics.median(ratios), "q25": q[0], "q75": q[2], "min": min(ratios), "max": max(ratios)}
-
-
 def worker(rank, world, port, sizes, rounds, backend, out_path):
     from distsgd.collectives import build_schedule, make_interconnect
     from distsgd.collectives.executor import ScheduleRunner
@@ -97,7 +92,7 @@ def worker(rank, world, port, sizes, rounds, backend, out_path):
         for a in ALGOS:
             ratios = [t / b for t, b in zip(times[a], base, strict=True)]
             rows.append({"size": size, "algorithm": a, "rounds": rounds, "seconds": statistics.median(times[a]),
-                         "all_reduce_seconds": statistics.median(base), "time_vs_all_reduce": summary(ratios),
+                         "all_reduce_seconds": statistics.median(base), "time_vs_all_reduce": harness.spread(ratios),
                          "ratios": ratios, "equal": equal[a]})
     if rank == 0:
         Path(out_path).write_text(json.dumps(rows))

@@ -263,11 +263,16 @@ def interleave(fns: dict[str, Callable[[], None]], baseline: str, *, rounds: int
             times[n].append((time.perf_counter() - t) / calls)
     out = {}
     for n in names:
-        ratios = [a / b for a, b in zip(times[n], times[baseline], strict=True)]
-        q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
-        out[n] = {"seconds_median": statistics.median(times[n]), "ratio_median": statistics.median(ratios),
-                  "ratio_q25": q[0], "ratio_q75": q[2], "rounds": rounds}
+        s = spread([a / b for a, b in zip(times[n], times[baseline], strict=True)])
+        out[n] = {"seconds_median": statistics.median(times[n]), "ratio_median": s["median"],
+                  "ratio_q25": s["q25"], "ratio_q75": s["q75"], "rounds": rounds}
     return out
+
+
+def spread(ratios: list[float]) -> dict:
+    """Median, quartiles and range of per-round ratios."""
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return {"median": statistics.median(ratios), "q25": q[0], "q75": q[2], "min": min(ratios), "max": max(ratios)}
 
 
 def edges(result: dict) -> list[str]:

@@ -53,10 +53,8 @@ def loadavg() -> list[float] | None:
 
 
 def summary(ratios: list[float]) -> dict:
-    """Median, quartiles and range of per-round ratios (the quartiles as harness.interleave)."""
-    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
-    return {"median": statistics.median(ratios), "q25": q[0], "q75": q[2], "min": min(ratios),
-            "max": max(ratios), "rounds": [float(r) for r in ratios]}
+    """harness.spread of per-round ratios, with the ratios themselves."""
+    return {**harness.spread(ratios), "rounds": [float(r) for r in ratios]}
 
 
 def bench(n: int, quick: bool, compiled: bool, rounds: int) -> dict:
