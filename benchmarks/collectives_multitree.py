@@ -9,7 +9,14 @@ the mesh (the paper's β configuration), one and then four on the switched netwo
 64 MiB. Reports every algorithm's time and ratio to the bandwidth lower bound
 2(n−1)/n · S / B_node, MultiTree's speedup over the best baseline and over each one, MultiTree's steps per
 phase beside the lower bound on steps, and the speed of schedule building and
-simulation on a 16×16 torus. Writes benchmarks/results/collectives_multitree.json and
+simulation on a 16×16 torus.
+
+MultiTree here is what `distsgd collectives` runs: the trees, or at a size where a ring
+schedule of the same network (ring, biring, multiring, ring2d) is faster, that ring (the
+row's `fallback` names it). The trees' own time is kept beside it (`multitree_seconds`) and
+reported as "trees alone". Steps per phase are compared with the authors' construction
+(their simulator's compute_trees, run on the same topologies; see tests/test_collectives.py).
+Writes benchmarks/results/collectives_multitree.json and
 benchmarks/results/collectives_multitree.png (with --quick: collectives_multitree_quick.*).
 
 Run: python benchmarks/collectives_multitree.py [--quick]
@@ -36,6 +43,11 @@ from distsgd.collectives import (  # noqa: E402
 from distsgd.collectives.report import compare, human, parse_sizes  # noqa: E402
 from distsgd.errors import UserError  # noqa: E402
 from distsgd.plots import save_figure  # noqa: E402
+
+# steps per phase of the authors' construction (compute_trees in their simulator, run here;
+# its BiGraph and fat-tree give a node one interface, so only the 1-NI setups have a figure)
+AUTHORS_STEPS = {("torus:4x4", 4): 5, ("torus:8x8", 4): 17, ("mesh:8x8", 4): 33, ("fattree:8", 1): 63,
+                 ("bigraph:4x8", 1): 31}
 
 # (interconnect, network interfaces per node); the baselines are every algorithm that builds there
 SETUPS = [
@@ -94,6 +106,8 @@ def main() -> None:
         algos = list(schedules)
         rows = compare(net, schedules, sizes)
         mt = {r["size"]: r["seconds"] for r in rows if r["algorithm"] == "multitree"}
+        own = {r["size"]: r["multitree_seconds"] for r in rows if r["algorithm"] == "multitree"}
+        fell = {r["size"]: r["fallback"] for r in rows if r["algorithm"] == "multitree" and r["fallback"]}
         speedups = {}
         for a in algos:
             if a == "multitree":
@@ -106,6 +120,7 @@ def main() -> None:
             b = min(base, key=lambda r: r["seconds"])
             best.append({"size": size, "algorithm": b["algorithm"], "seconds": b["seconds"]})
         over_best = [b["seconds"] / mt[b["size"]] for b in best]
+        alone = [b["seconds"] / own[b["size"]] for b in best]
         report["topologies"].append(
             {
                 "interconnect": net.summary() | {"spec": spec},
@@ -118,6 +133,13 @@ def main() -> None:
                     "mean_over_sizes": statistics.mean(over_best),
                     "min_over_sizes": min(over_best),
                 },
+                "trees_alone_speedup_over_best": {
+                    "at_64MiB": alone[-1],
+                    "mean_over_sizes": statistics.mean(alone),
+                    "min_over_sizes": min(alone),
+                },
+                "fallback": {str(k): v for k, v in fell.items()},
+                "authors_steps_per_phase": AUTHORS_STEPS.get((spec, nis)),
                 "multitree_speedup": speedups,
                 "multitree_steps_per_phase": schedules["multitree"].info["steps_per_phase"],
                 "steps_lower_bound": steps_lower_bound(net),
@@ -128,12 +150,16 @@ def main() -> None:
         )
         print(
             f"{spec} ({nis} NI): MultiTree steps/phase {schedules['multitree'].info['steps_per_phase']}"
-            f" (lower bound {steps_lower_bound(net)})"
+            f" (lower bound {steps_lower_bound(net)}, the authors' construction "
+            f"{AUTHORS_STEPS.get((spec, nis), '-')}); falls back to a ring at "
+            + (", ".join(f"{human(k)} ({v})" for k, v in fell.items()) or "no size")
         )
         ob = report["topologies"][-1]["multitree_speedup_over_best"]
+        ta = report["topologies"][-1]["trees_alone_speedup_over_best"]
         print(
             f"  MultiTree vs best baseline ({ob['best_at_64MiB']} at {human(sizes[-1])}): x{ob['at_64MiB']:.2f};"
             f" over sizes mean x{ob['mean_over_sizes']:.2f}, min x{ob['min_over_sizes']:.2f}"
+            f" (trees alone: x{ta['at_64MiB']:.2f}; mean x{ta['mean_over_sizes']:.2f}, min x{ta['min_over_sizes']:.2f})"
         )
         for a, s in speedups.items():
             print(

@@ -47,7 +47,7 @@ def measure(n: int, algorithm: str, rounds: int, packets: bool) -> dict:
 
     fns = {"flow": run("flow", lambda: simulate_flows(sched, net, SIZE))}
     if packets:
-        fns["packet"] = run("packet", lambda: simulate(sched, net, SIZE, packet_bytes=pk))
+        fns["packet"] = run("packet", lambda: simulate(sched, net, SIZE, packet_bytes=pk, cut_through=False))
         fns["cut_through"] = run("cut_through", lambda: simulate(sched, net, SIZE, packet_bytes=pk, cut_through=True))
     times = harness.interleave(fns, "flow", rounds=rounds, warmup=0)
     row = {"n": n, "algorithm": algorithm, "messages": len(sched.messages), "packet_bytes": pk}

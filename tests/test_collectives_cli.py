@@ -121,6 +121,8 @@ def test_latency_units(text, expected):
         (["--sizes", "64mib"], "unknown unit 'mib'"),
         (["--sizes", ","], "--sizes is empty"),
         (["--packet", "0"], "bad packet size '0'"),
+        (["--cut-through", "--store-and-forward"], "exclude each other"),
+        (["--store-and-forward", "--model", "flow"], "not with --model flow"),
         (["--nis", "x"], "bad --nis 'x'"),
         (["--nis", "0"], "bad --nis '0'"),
         (["--nis", "-2"], "bad --nis '-2'"),

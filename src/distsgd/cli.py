@@ -205,8 +205,10 @@ def _cmd_collectives(args) -> int:
     if not sizes:
         raise UserError("--sizes is empty")
     packet = parse_size(args.packet, "packet size") if args.packet else None
-    if args.model == "flow" and (args.packet or args.cut_through):
-        raise UserError("--packet and --cut-through describe the packet model: not with --model flow")
+    if args.model == "flow" and (args.packet or args.cut_through or args.store_and_forward):
+        raise UserError("--packet, --cut-through and --store-and-forward describe the packet model: not with --model flow")
+    if args.cut_through and args.store_and_forward:
+        raise UserError("--cut-through and --store-and-forward exclude each other (cut-through is the default)")
     if args.plot:
         check_plot_path(args.plot)
     if args.heatmap:
@@ -239,7 +241,7 @@ def _cmd_collectives(args) -> int:
         schedules,
         sizes,
         packet,
-        args.cut_through,
+        not args.store_and_forward,
         lockstep=not args.dataflow,
         collective=collective,
         links=bool(args.json or args.heatmap),
@@ -448,7 +450,13 @@ def parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--nis", default="4", help="network interfaces per node (default: 4)")
     c.add_argument("--packet", help="packet size, e.g. 4KiB (default: size/2048, at least 256B)")
-    c.add_argument("--cut-through", action="store_true", help="cut-through instead of store-and-forward")
+    c.add_argument("--cut-through", action="store_true", help="a packet moves on once its head has arrived (the default)")
+    c.add_argument(
+        "--store-and-forward",
+        action="store_true",
+        help="a packet moves on once it has arrived whole; with --packet at least the largest message, "
+        "whole messages are stored and forwarded (ASTRA-sim's analytical backend on a switch)",
+    )
     c.add_argument(
         "--model",
         choices=("packet", "flow"),

@@ -184,32 +184,60 @@ def packet_for(size: int, packet: int | None) -> float:
     return float(max(256, 2 ** round(math.log2(max(1.0, size / 2048)))))
 
 
+RING_FAMILY = ("ring", "biring", "multiring", "ring2d")
+
+
+def ring_family(net: Interconnect, collective: str = "allreduce") -> dict:
+    """The ring schedules (one ring, two counter-rotating, edge-disjoint rings, 2D ring)
+    that exist on `net` for `collective`: what MultiTree falls back to."""
+    from . import COLLECTIVE_ALGORITHMS, build_schedule
+
+    out = {}
+    for name in RING_FAMILY:
+        if name not in COLLECTIVE_ALGORITHMS[collective]:
+            continue
+        try:
+            out[name] = build_schedule(name, net, collective)
+        except UserError:  # not on this network (e.g. multiring off a torus)
+            pass
+    return out
+
+
 def compare(
     net: Interconnect,
     schedules: dict,
     sizes: list[int],
     packet: int | None = None,
-    cut_through: bool = False,
+    cut_through: bool = True,
     lockstep: bool = True,
     collective: str = "allreduce",
     links: bool = False,
     timeline: int = 0,
     delays=None,
     model: str = "packet",
+    fallback: bool = True,
 ) -> list[dict]:
     """One row per size and algorithm. Every row has the busiest link's utilization; with
     `links` also every link's bytes, busy seconds and utilization (lists in the order of
     `link_table(net)`), with `timeline=K` each link's utilization in K equal intervals.
     `model`: "packet" (every packet through every link) or "flow" (max-min fair flows,
-    `collectives.flow`: for large sizes and node counts; no packets)."""
+    `collectives.flow`: for large sizes and node counts; no packets).
+
+    `fallback`: MultiTree never does worse than the best ring schedule on `net` (ring,
+    biring, multiring, ring2d, simulated too where not asked for): at a size where one is
+    faster, the multitree row is that ring's run and says so (`fallback`: its name;
+    `multitree_seconds`: the trees' own time, kept either way)."""
     if model not in ("packet", "flow"):
         raise UserError(f"bad model '{model}' (choose from packet, flow)")
+    extra = {}
+    if fallback and "multitree" in schedules:
+        extra = {k: v for k, v in ring_family(net, collective).items() if k not in schedules}
     rows = []
     for size in sizes:
         bound = lower_bound_seconds(net, size, collective)
         ring_time = None
         per = {}
-        for name, sched in schedules.items():
+        for name, sched in {**schedules, **extra}.items():
             if model == "flow":
                 res = simulate_flows(sched, net, size, lockstep=lockstep, delays=delays, timeline=timeline)
             else:
@@ -226,7 +254,15 @@ def compare(
             per[name] = res
             if name == "ring":
                 ring_time = res.seconds
-        for name, res in per.items():
+        used = {name: name for name in schedules}
+        own = per["multitree"].seconds if "multitree" in per else None
+        if fallback and "multitree" in per:
+            rings = [k for k in RING_FAMILY if k in per]
+            best = min(rings, key=lambda k: per[k].seconds) if rings else None
+            if best is not None and per[best].seconds < own:
+                used["multitree"] = best
+        for name in schedules:
+            res = per[used[name]]
             util = res.link_utilization
             row = {
                     "collective": collective,
@@ -239,12 +275,15 @@ def compare(
                     "speedup_over_ring": (ring_time / res.seconds) if ring_time else None,
                     "model": model,
                     "packet_bytes": packet_for(size, packet) if model == "packet" else None,
-                    "steps": schedules[name].steps,
+                    "steps": ({**schedules, **extra})[used[name]].steps,
                     "events": res.events,
                     "sim_wall_seconds": res.wall_seconds,
                     "busiest_link": int(util.argmax()),
                     "busiest_link_utilization": float(util.max()),
                 }
+            if name == "multitree":
+                row["fallback"] = used[name] if used[name] != name else None
+                row["multitree_seconds"] = own
             if links:
                 row["link_bytes"] = res.link_bytes.tolist()
                 row["link_busy_seconds"] = res.link_busy.tolist()
@@ -297,7 +336,7 @@ def print_table(net: Interconnect, rows: list[dict]) -> None:
         sp = r["speedup_over_ring"]
         t.add_row(
             human(r["size"]),
-            r["algorithm"],
+            r["algorithm"] + (f" (-> {r['fallback']})" if r.get("fallback") else ""),
             f"{r['seconds'] * 1e6:.1f} us",
             f"{r['algbw_GBps']:.2f}",
             f"{r['ratio_to_bound']:.2f}",

@@ -18,7 +18,8 @@ All-reduce time: by default the ring closed form 2(n−1)·α + 2(n−1)/n · b/
 `allreduce` (ring, hd, dbtree, ring2d, hierarchical, multitree) is instead run on the
 packet-level network simulator with links of `bandwidth` and `latency` and `nis`
 interfaces per node, and its simulated time and per-node bytes are used (cached per
-payload size).
+payload size). MultiTree falls back to the fastest ring schedule of the interconnect
+where that is faster at this payload.
 """
 
 from __future__ import annotations
@@ -142,13 +143,18 @@ class ComputeClock:
 @functools.lru_cache(maxsize=256)
 def _simulated_all_reduce(spec, algorithm, nis, bandwidth, latency, n, nbytes):
     from ..collectives import build_schedule, make_interconnect, simulate
-    from ..collectives.report import packet_for
+    from ..collectives.report import packet_for, ring_family
 
     net = make_interconnect(spec, bandwidth=bandwidth, latency=latency, nis=nis)
     if net.n != n:
         raise UserError(f"network.interconnect {spec} has {net.n} nodes, but there are {n} workers")
     sched = build_schedule(algorithm, net)
     res = simulate(sched, net, nbytes, packet_bytes=packet_for(nbytes, None))
+    if algorithm == "multitree":  # never worse than the best ring here (collectives.report.compare's rule)
+        for ring in ring_family(net).values():
+            r = simulate(ring, net, nbytes, packet_bytes=packet_for(nbytes, None))
+            if r.seconds < res.seconds:
+                sched, res = ring, r
     per_msg = sched.message_bytes(nbytes)
     sent = torch.zeros(n, dtype=torch.float64)
     received = torch.zeros(n, dtype=torch.float64)
