@@ -1,6 +1,6 @@
 """The packet simulator against ASTRA-sim's congestion-aware analytical network backend.
 
-Reference times (ns) from astra-network-analytical at commit 599a047 (the backend ASTRA-sim
+Reference times (ns, benchmarks/reference/astra_analytical.json) from astra-network-analytical at commit 599a047 (the backend ASTRA-sim
 2.x links), run here through its congestion-aware C++ API with the message pattern of
 ASTRA-sim's Ring collective (2(N−1) messages of S/N bytes to the next node, each sent once
 the previous one has arrived); links exactly 16e9 B/s (ASTRA's "GB/s" is 2^30 B/s, so the
@@ -17,25 +17,33 @@ forwards it at every hop (k hops: k·(α + S/B)); a link is busy S/B per message
   S/B + k·α with cut-through, plus the node's interface links when stored and forwarded).
 """
 
+import json
+from pathlib import Path
+
 import pytest
 
 from distsgd.collectives import build_schedule, make_interconnect, simulate
 from distsgd.collectives.report import packet_for
 from distsgd.collectives.schedules import COPY, Message, Schedule
 
-BW, ALPHA = 16e9, 150e-9
+REFERENCE = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "reference" / "astra_analytical.json").read_text())
+BW, ALPHA = REFERENCE["bandwidth_bytes_per_s"], REFERENCE["latency_s"]
 MiB = 2**20
-
-# (nodes, bytes, ASTRA finish ns): ring all-reduce on ASTRA's Ring
 SLOW = pytest.mark.slow  # 256 nodes: about a million packets
-RING = [
-    (4, MiB, 99204), (8, MiB, 116788), (16, MiB, 127380), (64, MiB, 147924),
-    pytest.param(256, MiB, 207060, marks=SLOW),
-    (4, 64 * MiB, 6292356), (8, 64 * MiB, 7342132), (16, 64 * MiB, 7868820), (64, 64 * MiB, 8276436),
-    pytest.param(256, 64 * MiB, 8432340, marks=SLOW),
-]  # fmt: skip
-# ring all-reduce on ASTRA's Switch (one link node -> switch and one back per node)
-SWITCH = [(16, MiB, 254760), (64, MiB, 295848), (16, 64 * MiB, 15737640), (64, 64 * MiB, 16552872)]
+
+
+def _cases(scenario: str, kind: str) -> list:
+    return [pytest.param(r["n"], r["size_bytes"], r["finish_ns"], marks=SLOW) if r["n"] >= 256
+            else (r["n"], r["size_bytes"], r["finish_ns"])
+            for r in REFERENCE["scenarios"] if r["scenario"] == scenario and r["topology"].startswith(kind)]
+
+
+RING = _cases("ring_allreduce", "ring:")  # ring all-reduce on ASTRA's Ring: 4-256 nodes, 1 and 64 MiB
+SWITCH = _cases("ring_allreduce", "switch:")  # on ASTRA's Switch (one link node -> switch, one back)
+
+
+def test_the_reference_table_is_whole():
+    assert len(RING) == 10 and len(SWITCH) == 4
 
 
 @pytest.mark.parametrize(("n", "size", "astra_ns"), RING)
@@ -61,7 +69,8 @@ def test_incast_on_a_switch_equals_astra_sim():
     net = make_interconnect("switch:8", bandwidth=BW, latency=ALPHA)
     sched = Schedule("incast", 8, 8, [Message(0, src, 0, src, src + 1, COPY) for src in range(1, 8)])
     res = simulate(sched, net, 8 * MiB, packet_bytes=MiB, cut_through=False)
-    assert res.seconds * 1e9 == pytest.approx(524588, rel=1e-9)
+    (astra_ns,) = [r["finish_ns"] for r in REFERENCE["scenarios"] if r["scenario"] == "incast_to_node0"]
+    assert res.seconds * 1e9 == pytest.approx(astra_ns, rel=1e-9)
 
 
 def test_the_command_line_defaults_to_cut_through(tmp_path):
