@@ -33,9 +33,12 @@ SLOW = pytest.mark.slow  # 256 nodes: about a million packets
 
 
 def _cases(scenario: str, kind: str) -> list:
+    """The table's rows of this scenario; at 256 nodes only 64 MiB (the 1 MiB row is in
+    benchmarks/collectives_fidelity.py: each takes ~14 s)."""
     return [pytest.param(r["n"], r["size_bytes"], r["finish_ns"], marks=SLOW) if r["n"] >= 256
             else (r["n"], r["size_bytes"], r["finish_ns"])
-            for r in REFERENCE["scenarios"] if r["scenario"] == scenario and r["topology"].startswith(kind)]
+            for r in REFERENCE["scenarios"] if r["scenario"] == scenario and r["topology"].startswith(kind)
+            and (r["n"] < 256 or r["size_bytes"] == 64 * MiB)]
 
 
 RING = _cases("ring_allreduce", "ring:")  # ring all-reduce on ASTRA's Ring: 4-256 nodes, 1 and 64 MiB
@@ -43,7 +46,7 @@ SWITCH = _cases("ring_allreduce", "switch:")  # on ASTRA's Switch (one link node
 
 
 def test_the_reference_table_is_whole():
-    assert len(RING) == 10 and len(SWITCH) == 4
+    assert len(RING) == 9 and len(SWITCH) == 4
 
 
 @pytest.mark.parametrize(("n", "size", "astra_ns"), RING)
