@@ -203,6 +203,14 @@ def ring_family(net: Interconnect, collective: str = "allreduce") -> dict:
     return out
 
 
+def fastest_ring(seconds: dict[str, float]) -> str | None:
+    """MultiTree's fallback rule: the ring schedule among `seconds` ({name: simulated time},
+    multitree's included) that beats the trees, the fastest of them, or None."""
+    rings = [k for k in RING_FAMILY if k in seconds]
+    best = min(rings, key=seconds.__getitem__) if rings else None
+    return best if best is not None and seconds[best] < seconds["multitree"] else None
+
+
 def compare(
     net: Interconnect,
     schedules: dict,
@@ -229,15 +237,15 @@ def compare(
     `multitree_seconds`: the trees' own time, kept either way)."""
     if model not in ("packet", "flow"):
         raise UserError(f"bad model '{model}' (choose from packet, flow)")
-    extra = {}
+    run = dict(schedules)  # what is simulated: the asked-for schedules and MultiTree's fallbacks
     if fallback and "multitree" in schedules:
-        extra = {k: v for k, v in ring_family(net, collective).items() if k not in schedules}
+        run |= {k: v for k, v in ring_family(net, collective).items() if k not in schedules}
     rows = []
     for size in sizes:
         bound = lower_bound_seconds(net, size, collective)
         ring_time = None
         per = {}
-        for name, sched in {**schedules, **extra}.items():
+        for name, sched in run.items():
             if model == "flow":
                 res = simulate_flows(sched, net, size, lockstep=lockstep, delays=delays, timeline=timeline)
             else:
@@ -257,10 +265,7 @@ def compare(
         used = {name: name for name in schedules}
         own = per["multitree"].seconds if "multitree" in per else None
         if fallback and "multitree" in per:
-            rings = [k for k in RING_FAMILY if k in per]
-            best = min(rings, key=lambda k: per[k].seconds) if rings else None
-            if best is not None and per[best].seconds < own:
-                used["multitree"] = best
+            used["multitree"] = fastest_ring({k: r.seconds for k, r in per.items()}) or "multitree"
         for name in schedules:
             res = per[used[name]]
             util = res.link_utilization
@@ -275,7 +280,7 @@ def compare(
                     "speedup_over_ring": (ring_time / res.seconds) if ring_time else None,
                     "model": model,
                     "packet_bytes": packet_for(size, packet) if model == "packet" else None,
-                    "steps": ({**schedules, **extra})[used[name]].steps,
+                    "steps": run[used[name]].steps,
                     "events": res.events,
                     "sim_wall_seconds": res.wall_seconds,
                     "busiest_link": int(util.argmax()),

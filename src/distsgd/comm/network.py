@@ -143,7 +143,7 @@ class ComputeClock:
 @functools.lru_cache(maxsize=256)
 def _simulated_all_reduce(spec, algorithm, nis, bandwidth, latency, n, nbytes):
     from ..collectives import build_schedule, make_interconnect, simulate
-    from ..collectives.report import packet_for, ring_family
+    from ..collectives.report import fastest_ring, packet_for, ring_family
 
     net = make_interconnect(spec, bandwidth=bandwidth, latency=latency, nis=nis)
     if net.n != n:
@@ -151,10 +151,11 @@ def _simulated_all_reduce(spec, algorithm, nis, bandwidth, latency, n, nbytes):
     sched = build_schedule(algorithm, net)
     res = simulate(sched, net, nbytes, packet_bytes=packet_for(nbytes, None))
     if algorithm == "multitree":  # never worse than the best ring here (collectives.report.compare's rule)
-        for ring in ring_family(net).values():
-            r = simulate(ring, net, nbytes, packet_bytes=packet_for(nbytes, None))
-            if r.seconds < res.seconds:
-                sched, res = ring, r
+        rings = ring_family(net)
+        runs = {k: simulate(s, net, nbytes, packet_bytes=packet_for(nbytes, None)) for k, s in rings.items()}
+        best = fastest_ring({"multitree": res.seconds} | {k: r.seconds for k, r in runs.items()})
+        if best is not None:
+            sched, res = rings[best], runs[best]
     per_msg = sched.message_bytes(nbytes)
     sent = torch.zeros(n, dtype=torch.float64)
     received = torch.zeros(n, dtype=torch.float64)
