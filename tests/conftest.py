@@ -3,8 +3,11 @@ import os
 import pytest
 import torch
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
-torch.set_num_threads(2)
+# one thread per pytest-xdist worker (the suite runs on `-n auto`: one worker per core),
+# two when the tests run in one process
+_THREADS = "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2"
+os.environ.setdefault("OMP_NUM_THREADS", _THREADS)
+torch.set_num_threads(int(_THREADS))
 
 
 @pytest.fixture(scope="session")

@@ -122,7 +122,7 @@ def train_step(model, opt, xb, yb):
 
 def equivalence(rank, world, rdzv, steps, data, out_path):
     """Every algorithm of ALGOS (default buffer policy) for `steps` steps, parameters and
-    buffers gathered after the first and the last; with steps=1, BUFFER_CASES too. Rank 0
+    buffers gathered after the first and the last; then BUFFER_CASES and the semantics. Rank 0
     saves {(key, step): (params [world, d], buffers [world, b])} and {(key, policy): ...}."""
     _init(rank, world, rdzv)
     try:
@@ -135,13 +135,12 @@ def equivalence(rank, world, rdzv, steps, data, out_path):
                 train_step(model, opt, xb, yb)
                 if t + 1 in (1, steps):
                     out[key, t + 1] = (gather(flat_params(model)), gather(flat_buffers(model)))
-        if steps == 1:
-            for key, policy in BUFFER_CASES:
-                model, opt = make(key, buffers=policy)
-                for xb, yb in loader(train, shards, rank, BUFFER_STEPS):
-                    train_step(model, opt, xb, yb)
-                out[key, policy] = (gather(flat_params(model)), {n: gather(b.detach()) for n, b in model.named_buffers()})
-            out["semantics"] = semantics(rank, world, train)
+        for key, policy in BUFFER_CASES:
+            model, opt = make(key, buffers=policy)
+            for xb, yb in loader(train, shards, rank, BUFFER_STEPS):
+                train_step(model, opt, xb, yb)
+            out[key, policy] = (gather(flat_params(model)), {n: gather(b.detach()) for n, b in model.named_buffers()})
+        out["semantics"] = semantics(rank, world, train)
         if rank == 0:
             torch.save(out, out_path)
     finally:

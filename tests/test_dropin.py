@@ -109,9 +109,10 @@ def run_dropin(tmp_path_factory, steps: int) -> dict:
 
 @pytest.fixture(scope="module")
 def dropin(tmp_path_factory):
-    """One process group of WORLD ranks runs one step of every algorithm, the buffer cases
-    and the DDP-semantics checks (see dropin_helpers.equivalence)."""
-    return run_dropin(tmp_path_factory, 1)
+    """One process group of WORLD ranks runs STEPS steps of every algorithm (parameters and
+    buffers kept after the first and the last), the buffer cases and the DDP-semantics
+    checks (see dropin_helpers.equivalence)."""
+    return run_dropin(tmp_path_factory, STEPS)
 
 
 @pytest.mark.parametrize("key", list(ALGOS))
@@ -130,8 +131,8 @@ def test_one_step_of_the_dropin_equals_the_simulation(dropin, key):
 
 
 @pytest.mark.slow
-def test_drift_after_50_steps_is_rounding_only(tmp_path_factory, capsys):
-    got = run_dropin(tmp_path_factory, STEPS)
+def test_drift_after_50_steps_is_rounding_only(dropin, capsys):
+    got = dropin
     rows = []
     for key in ALGOS:
         params, buffers = got[key, STEPS]

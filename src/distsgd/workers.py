@@ -276,16 +276,20 @@ class GhostClip:
 
     @staticmethod
     def _positions(mod: nn.Module, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(A [m, B, T, p], G [m, B, T, q]): the layer's inputs and output gradients per position."""
+        """(A [m, B, T, p] contiguous, G [m, B, q, T]): the layer's inputs at each of its T
+        output positions (a Conv1d's receptive fields, as strided views of the padded input:
+        no im2col) and its output gradients, in the conv's own [q, T] layout."""
         m, b = a.shape[:2]
         if isinstance(mod, nn.Conv1d):
-            cin, length = a.shape[-2], a.shape[-1]
-            cols = torch.nn.functional.unfold(
-                a.reshape(m * b, cin, 1, length), kernel_size=(1, mod.kernel_size[0]), dilation=(1, mod.dilation[0]),
-                padding=(0, mod.padding[0]), stride=(1, mod.stride[0]),
-            )  # [mB, cin·k, T], ordered as the weight [cout, cin, k]
-            return cols.reshape(m, b, cols.shape[1], -1).transpose(2, 3), g.reshape(m, b, g.shape[-2], -1).transpose(2, 3)
-        return a.reshape(m, b, -1, a.shape[-1]), g.reshape(m, b, -1, g.shape[-1])
+            (k,), (stride,), (dil,), (pad,) = mod.kernel_size, mod.stride, mod.dilation, mod.padding
+            if pad:
+                a = torch.nn.functional.pad(a, (pad, pad))
+            win = a.unfold(-1, dil * (k - 1) + 1, stride)  # [m, B, cin, T, span]: position t reads t·stride + j·dil
+            if dil > 1:
+                win = win[..., ::dil]
+            t = win.shape[3]
+            return win.permute(0, 1, 3, 2, 4).reshape(m, b, t, -1), g.reshape(m, b, g.shape[-2], t)
+        return a.reshape(m, b, -1, a.shape[-1]).contiguous(), g.reshape(m, b, -1, g.shape[-1]).transpose(2, 3)
 
     def clipped_sums(self, layers: dict, xb: torch.Tensor, yb: torch.Tensor, max_grad_norm: float, mask: torch.Tensor | None):
         """(Σ_j c_j ∇ℓ_ij [m, d], per-sample norms ‖∇ℓ_ij‖ [m, B], per-sample losses [m, B]),
@@ -299,19 +303,19 @@ class GhostClip:
         sq = torch.zeros(m, b, dtype=torch.float32)
         pos = {}
         for mname, mod in self.layers.items():
-            a, g = self._positions(mod, acts[mname].detach(), grads[mname])
+            a, g = self._positions(mod, acts[mname].detach(), grads[mname])  # A [m, B, T, p], G [m, B, q, T]
             pos[mname] = (a, g)
             for owner, pname in self.params.values():
                 if owner != mname:
                     continue
                 if pname == "bias":
-                    sq += g.sum(2).square().sum(-1)
+                    sq += g.sum(3).square().sum(-1)
                 elif a.shape[2] == 1:  # one position: ‖a‖²‖g‖²
                     sq += a.square().sum((2, 3)) * g.square().sum((2, 3))
-                elif a.shape[2] ** 2 <= a.shape[3] * g.shape[3]:  # ghost norm: Gram matrices of the positions
-                    sq += (torch.einsum("mbtp,mbsp->mbts", a, a) * torch.einsum("mbtq,mbsq->mbts", g, g)).sum((2, 3))
-                else:  # the per-sample gradient of this layer is the smaller object
-                    sq += torch.einsum("mbtq,mbtp->mbqp", g, a).square().sum((2, 3))
+                elif a.shape[2] ** 2 <= a.shape[3] * g.shape[2]:  # ghost norm: Gram matrices of the positions
+                    sq += ((a @ a.transpose(2, 3)) * (g.transpose(2, 3) @ g)).sum((2, 3))
+                else:  # the per-sample gradient of this layer [q, p] is the smaller object
+                    sq += (g @ a).square().sum((2, 3))
         norms = sq.clamp(min=0).sqrt()
         c = (max_grad_norm / (norms + CLIP_EPS)).clamp(max=1.0)
         if mask is not None:
@@ -320,10 +324,13 @@ class GhostClip:
         for name in self.flat.names:
             mname, pname = self.params[name]
             a, g = pos[mname]
-            if pname == "bias":
-                out.append(torch.einsum("mb,mbtq->mq", c, g))
-            else:
-                out.append(torch.einsum("mbtq,mbtp->mqp", g * c.view(m, b, 1, 1), a).reshape(m, -1))
+            if pname == "bias":  # Σ_j c_j Σ_t g_jt
+                out.append((c.unsqueeze(1) @ g.sum(3)).reshape(m, -1))
+            else:  # Σ_j c_j Σ_t g_jt a_jtᵀ: one [q, B·T] @ [B·T, p] product per worker
+                q, t = g.shape[2], g.shape[3]
+                gc = torch.empty(m, q, b, t, dtype=g.dtype)
+                torch.mul(g.transpose(1, 2), c.view(m, 1, b, 1), out=gc)
+                out.append((gc.reshape(m, q, b * t) @ a.reshape(m, b * t, -1)).reshape(m, -1))
         return torch.cat(out, dim=1), norms, losses
 
 

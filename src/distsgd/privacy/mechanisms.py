@@ -98,13 +98,13 @@ def noised_mean(
 def pad(chosen: list[torch.Tensor], shards: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices [m, B_max] (padded with each shard's first index) and mask [m, B_max] (True =
     a real sample); B_max ≥ 1, so a step always has a batch to differentiate."""
-    width = max(1, max(len(c) for c in chosen))
-    idx = torch.empty(len(chosen), width, dtype=torch.long)
-    mask = torch.zeros(len(chosen), width, dtype=torch.bool)
-    for i, (c, shard) in enumerate(zip(chosen, shards, strict=True)):
-        idx[i].fill_(int(shard[0]))
-        idx[i, : len(c)] = c
-        mask[i, : len(c)] = True
+    if len(chosen) != len(shards):
+        raise ValueError(f"{len(chosen)} batches for {len(shards)} shards")
+    lengths = torch.tensor([len(c) for c in chosen], dtype=torch.long)
+    width = max(1, int(lengths.max()))
+    mask = torch.arange(width) < lengths.unsqueeze(1)  # each row: its samples first
+    idx = torch.stack([shard[:1] for shard in shards]).to(torch.long).expand(-1, width).clone()
+    idx[mask] = torch.cat(chosen).to(torch.long)  # row-major: row i's True slots take chosen[i] in order
     return idx, mask
 
 
