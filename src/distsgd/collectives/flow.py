@@ -27,7 +27,7 @@ import numpy as np
 
 from .interconnect import Interconnect
 from .schedules import Schedule
-from .simulator import SimResult, message_routes, node_delays, ordering
+from .simulator import SimResult, node_delays, routes_and_ordering
 
 
 def max_min_rates(flows: dict[int, list[int]], capacity: list[float]) -> dict[int, float]:
@@ -83,9 +83,8 @@ def simulate_flows(
     nbytes = [float(b) for b in schedule.message_bytes(size_bytes)]
     cap = [lk[2] for lk in net.links]
     lat = [lk[3] for lk in net.links]
-    routes = message_routes(schedule, net)
+    routes, waiting, dependents, by_step, next_step, step_left = routes_and_ordering(schedule, net, lockstep)
     route_lat = [sum(lat[link] for link in r) for r in routes]
-    waiting, dependents, by_step, next_step, step_left = ordering(schedule, lockstep)
     nlinks = len(net.links)
     lbytes = [0.0] * nlinks
     lbusy = [0.0] * nlinks

@@ -149,7 +149,25 @@ def simulate(
     lockstep: bool = True,
     delays=None,
     timeline: int = 0,
+    engine: str = "auto",
 ) -> SimResult:
+    """The schedule's time on `net` for `size_bytes` (see the module docstring). `engine`:
+    "compiled" runs the event loop compiled with numba (`_packet_core`), "python" the loop
+    below; both process the same events in the same order and give identical results;
+    "auto" takes the compiled one for runs of more than COMPILED_FROM events (estimated)
+    where numba imports, and the Python loop for smaller ones, which it finishes before
+    numba has loaded its compiled code (about a second; the first use on a machine compiles
+    it, about 20 s, and caches it)."""
+    if engine not in ("auto", "compiled", "python"):
+        raise ValueError(f"engine must be auto, compiled or python, got {engine!r}")
+    if engine == "auto" and _estimated_events(schedule, size_bytes, packet_bytes) <= COMPILED_FROM:
+        engine = "python"
+    if engine != "python":
+        core = _compiled_core()
+        if core is not None:
+            return _simulate_compiled(core, schedule, net, size_bytes, packet_bytes, cut_through, lockstep, delays, timeline)
+        if engine == "compiled":
+            raise RuntimeError("engine='compiled' needs numba, which does not import here")
     t_wall = time.perf_counter()
     delay = node_delays(net, delays)
     msgs = schedule.messages
@@ -254,6 +272,140 @@ def simulate(
         np.array(lbusy),
         tl,
     )
+
+
+COMPILED_FROM = 300_000  # events: above this, `simulate(engine="auto")` runs the compiled loop
+
+
+def _estimated_events(schedule: Schedule, size_bytes: float, packet_bytes: float) -> float:
+    """About how many events a run takes: every packet of every message, over two links
+    and its delivery (the route lengths are not known yet)."""
+    nbytes = np.asarray(schedule.message_bytes(size_bytes), dtype=np.float64)
+    return 3.0 * float(np.maximum(1.0, np.ceil(nbytes / packet_bytes)).sum())
+
+
+def _compiled_core():
+    """The numba event loop (`_packet_core`), or None where numba does not import."""
+    try:
+        from . import _packet_core
+    except ImportError:
+        return None
+    return _packet_core
+
+
+def flat_ordering(schedule: Schedule, net: Interconnect, lockstep: bool, core) -> dict:
+    """`message_routes` and `ordering` as flat arrays, built by numpy and the compiled
+    dependency scan instead of Python loops (the same contents, tested through both
+    simulators): routes and dependents in CSR form, waiting counts, dense step ids, each
+    step's messages (CSR), the next step (-1: none) and messages per step."""
+    msgs = schedule.messages
+    m = len(msgs)
+    fields = np.array([(x.step, x.src, x.dst, x.lo, x.hi) for x in msgs], dtype=np.int64).reshape(m, 5)
+    raw_step, src, dst, lo, hi = (np.ascontiguousarray(fields[:, k]) for k in range(5))
+    route_ptr, route_items = _route_arrays(schedule, net, raw_step, src, dst)
+    wait_ptr, wait_items = core.dependencies(src, dst, raw_step, lo, hi, net.n, max(schedule.chunks, int(hi.max(initial=0))))
+    wait = np.diff(wait_ptr)
+    waiter = np.repeat(np.arange(m, dtype=np.int64), wait)
+    by_dep = np.argsort(wait_items, kind="stable")  # dependents of j, ascending as ordering() lists them
+    dep_ptr = np.zeros(m + 1, dtype=np.int64)
+    np.cumsum(np.bincount(wait_items, minlength=m), out=dep_ptr[1:])
+    steps, step = np.unique(raw_step, return_inverse=True)
+    step = step.astype(np.int64).reshape(-1)
+    left = np.bincount(step, minlength=len(steps)).astype(np.int64)
+    step_ptr = np.zeros(len(steps) + 1, dtype=np.int64)
+    np.cumsum(left, out=step_ptr[1:])
+    k = np.arange(len(steps), dtype=np.int64)
+    wait = wait.astype(np.int64)
+    if lockstep:
+        wait += step > 0  # the barrier of the step before
+    return {"src": src, "route_ptr": route_ptr, "route_items": route_items, "waiting": wait, "dep_ptr": dep_ptr,
+            "dep_items": waiter[by_dep], "steps": steps, "step": step, "step_ptr": step_ptr,
+            "step_items": np.argsort(step, kind="stable").astype(np.int64), "next_step": np.where(k + 1 < len(steps), k + 1, -1),
+            "step_left": left}
+
+
+def routes_and_ordering(schedule: Schedule, net: Interconnect, lockstep: bool):
+    """(message_routes, *ordering) as the Python structures they return, built through
+    `flat_ordering` where numba imports (the Python builders cost seconds at 256 nodes)."""
+    core = _compiled_core()
+    if core is None:
+        return (message_routes(schedule, net), *ordering(schedule, lockstep))
+    f = flat_ordering(schedule, net, lockstep, core)
+
+    def lists(ptr, items):
+        flat, p = items.tolist(), ptr.tolist()
+        return [flat[p[i] : p[i + 1]] for i in range(len(p) - 1)]
+
+    steps = f["steps"].tolist()
+    per_step = lists(f["step_ptr"], f["step_items"])
+    return (
+        lists(f["route_ptr"], f["route_items"]),
+        f["waiting"].tolist(),
+        lists(f["dep_ptr"], f["dep_items"]),
+        dict(zip(steps, per_step, strict=True)),
+        dict(zip(steps, steps[1:], strict=False)),
+        dict(zip(steps, f["step_left"].tolist(), strict=True)),
+    )
+
+
+def _simulate_compiled(core, schedule, net, size_bytes, packet_bytes, cut_through, lockstep, delays, timeline):
+    """`simulate` with the compiled event loop: the same inputs, flattened to arrays."""
+    t_wall = time.perf_counter()
+    delay = np.array(node_delays(net, delays), dtype=np.float64)
+    msgs = schedule.messages
+    nbytes = np.asarray(schedule.message_bytes(size_bytes), dtype=np.float64).reshape(-1)
+    bw = np.array([lk[2] for lk in net.links], dtype=np.float64)
+    lat = np.array([lk[3] for lk in net.links], dtype=np.float64)
+    f = flat_ordering(schedule, net, lockstep, core)
+    route_ptr, wait = f["route_ptr"], f["waiting"]
+    nspans = 0
+    if timeline > 0:  # one span per message on its first link, one per packet on each later link
+        hops = np.diff(route_ptr)
+        count = np.maximum(1, np.ceil(nbytes / packet_bytes))
+        nspans = int((((hops > 0) & (nbytes > 0)) * (1 + count * np.maximum(hops - 1, 0))).sum())
+    finish, packets, events, lbytes, lbusy, spans = core.run(
+        route_ptr, f["route_items"], nbytes, f["src"], f["step"], bw, lat, delay, wait, f["dep_ptr"], f["dep_items"],
+        f["step_ptr"], f["step_items"], f["next_step"].astype(np.int64), f["step_left"], float(packet_bytes),
+        bool(cut_through), bool(lockstep), timeline > 0, nspans,
+    )
+    if (wait > 0).any():
+        raise RuntimeError("schedule has a dependency cycle: some messages never started")
+    tl = None
+    if timeline > 0:
+        tl = _timeline([(int(k), a, b) for k, a, b in spans.tolist()], len(net.links), timeline, finish)
+    return SimResult(float(finish), len(msgs), int(packets), int(events), time.perf_counter() - t_wall, lbytes, lbusy, tl)
+
+
+def _route_arrays(schedule, net, step, src, dst) -> tuple[np.ndarray, np.ndarray]:
+    """`message_routes` as CSR (ptr, items), vectorized: each (src, dst) pair's route once,
+    then the first and last link turned round-robin over the node's interfaces in step
+    order."""
+    m = len(src)
+    pairs, pair_of = np.unique(src * net.n + dst, return_inverse=True)
+    pair_of = pair_of.reshape(-1)
+    base = [net.route(int(p // net.n), int(p % net.n)) for p in pairs]
+    blen = np.array([len(r) for r in base], dtype=np.int64)
+    bptr = np.zeros(len(base) + 1, dtype=np.int64)
+    np.cumsum(blen, out=bptr[1:])
+    bitems = np.fromiter((v for r in base for v in r), dtype=np.int64, count=int(bptr[-1]))
+    length = blen[pair_of]
+    ptr = np.zeros(m + 1, dtype=np.int64)
+    np.cumsum(length, out=ptr[1:])
+    offset = np.arange(int(ptr[-1]), dtype=np.int64) - np.repeat(ptr[:-1], length)
+    items = bitems[np.repeat(bptr[pair_of], length) + offset]
+    routed = length > 0
+    outs = [net.parallel(v, net.attach(v)) for v in range(net.n)]
+    ins = [net.parallel(net.attach(v), v) for v in range(net.n)]
+    if any(len(o) > 1 for o in outs) or any(len(i) > 1 for i in ins):
+        order = np.argsort(step, kind="stable")  # step, then message index, as message_routes
+        for ends, nodes, at in ((outs, src, ptr[:-1]), (ins, dst, ptr[1:] - 1)):
+            seen = np.zeros(net.n, dtype=np.int64)
+            for k in order[routed[order]]:
+                v = nodes[k]
+                choice = ends[v]
+                items[at[k]] = choice[seen[v] % len(choice)]
+                seen[v] += 1
+    return ptr, items
 
 
 def _timeline(spans, links: int, bins: int, finish: float) -> np.ndarray:
