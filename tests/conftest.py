@@ -15,3 +15,16 @@ def digits_task():
     from distsgd.tasks import make_task
 
     return make_task("digits", n_workers=4, model="mlp", hidden=(16,), batch_size=8, seed=0)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`--dist loadgroup`): the tests that use a module-scoped fixture
+    run on one worker per file, so the fixture (a process group, a finished run) is built
+    once; every other test goes to whichever worker is free."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None:
+            continue
+        if any(defs and defs[-1].scope in ("module", "package", "class") for defs in info.name2fixturedefs.values()):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
