@@ -3,7 +3,8 @@ as the Python loop in `simulator.simulate` (which stays the reference and the fa
 
 Every structure is a flat array: routes, dependents and each step's messages in CSR form
 (`ptr[i]:ptr[i+1]` indexes `items`). The heap holds (time, seq, message, hop, packet bytes,
-previous link's finish) as in the Python loop, so ties break by the same sequence numbers. The Python loop's recursion (a message that completes at once releases others,
+previous link's finish) as in the Python loop, so ties break by the same sequence numbers.
+The Python loop's recursion (a message that completes at once releases others,
 which may complete at once) runs here on an explicit stack of frames that visits
 dependents and the next step's messages in the same order, so both give identical
 results (tests/test_collectives.py checks it on every schedule and network of the suite).
@@ -19,14 +20,14 @@ from numba import njit
 
 
 @njit(cache=True)
-def _inject(i, now, size, route_ptr, route_items, src, delay, free, bw, lat, lbytes, lbusy, heap, hsize, seq,
+def _inject(i, now, size, route_ptr, route_items, src, delay, free, bw, lat, lbytes, lbusy, heap, seq,
             packet_bytes, cut_through, left, spans, nspan, record):
-    """All packets of message i arrive at its first link now; returns (heap, heap size, seq,
-    packets added, spans recorded), packets = -1 when the message completes at once (no
-    route, no bytes). The heap is a list; its size is passed along for the callers' sake."""
+    """All packets of message i arrive at its first link now (pushed on `heap`); returns
+    (seq, packets added, spans recorded), packets = -1 when the message completes at once
+    (no route, no bytes)."""
     a, b = route_ptr[i], route_ptr[i + 1]
     if b == a or size <= 0:
-        return heap, hsize, seq, -1, nspan
+        return seq, -1, nspan
     count = max(1, int(math.ceil(size / packet_bytes)))
     left[i] = count
     link = route_items[a]
@@ -39,7 +40,6 @@ def _inject(i, now, size, route_ptr, route_items, src, delay, free, bw, lat, lby
         t = start + pk / bw[link]
         nxt = (start if cut_through else t) + lat[link]
         heapq.heappush(heap, (nxt, seq, i, 1, pk, t + lat[link]))
-        hsize += 1
         seq += 1
     free[link] = t
     lbytes[link] += size
@@ -49,7 +49,7 @@ def _inject(i, now, size, route_ptr, route_items, src, delay, free, bw, lat, lby
         spans[nspan, 1] = t0
         spans[nspan, 2] = t
         nspan += 1
-    return heap, hsize, seq, count, nspan
+    return seq, count, nspan
 
 
 @njit(cache=True)
@@ -67,7 +67,6 @@ def run(route_ptr, route_items, nbytes, src, step, bw, lat, delay, waiting, dep_
     left = np.zeros(m, dtype=np.int64)
     heap = [(0.0, 0, 0, 0, 0.0, 0.0)]
     heap.pop()
-    hsize = 0
     seq = 0
     events = 0
     packets = 0
@@ -77,35 +76,31 @@ def run(route_ptr, route_items, nbytes, src, step, bw, lat, delay, waiting, dep_
     fphase = np.empty(m + 1, dtype=np.int64)
     fpos = np.empty(m + 1, dtype=np.int64)
 
-    for i0 in range(-1, m):
-        # i0 = -1: nothing; then the messages that wait for nothing, injected at time 0.
-        # The main loop below reuses this completion logic through the `pending` path.
-        if i0 < 0 or waiting[i0] != 0:
+    for i0 in range(m):  # the messages that wait for nothing, injected at time 0
+        if waiting[i0] != 0:
             continue
-        heap, hsize, seq, added, nspan = _inject(i0, 0.0, nbytes[i0], route_ptr, route_items, src, delay, free, bw, lat,
-                                                 lbytes, lbusy, heap, hsize, seq, packet_bytes, cut_through, left, spans,
-                                                 nspan, record)
+        seq, added, nspan = _inject(i0, 0.0, nbytes[i0], route_ptr, route_items, src, delay, free, bw, lat, lbytes,
+                                    lbusy, heap, seq, packet_bytes, cut_through, left, spans, nspan, record)
         if added >= 0:
             packets += added
             continue
-        finish, seq, packets, nspan, heap, hsize = _complete(
+        finish, seq, packets, nspan = _complete(
             i0, 0.0, finish, seq, packets, nspan, fmsg, fphase, fpos, route_ptr, route_items, nbytes, src, step, bw, lat,
             delay, waiting, dep_ptr, dep_items, step_ptr, step_items, next_step, step_left, packet_bytes, cut_through,
-            lockstep, record, free, lbytes, lbusy, heap, hsize, left, spans)
+            lockstep, record, free, lbytes, lbusy, heap, left, spans)
 
-    while hsize > 0:
+    while len(heap) > 0:
         now, _, i, hop, pk, prev_done = heapq.heappop(heap)
-        hsize -= 1
         events += 1
         a, b = route_ptr[i], route_ptr[i + 1]
         hops = b - a
         if hop == hops:  # delivered
             left[i] -= 1
             if left[i] == 0:
-                finish, seq, packets, nspan, heap, hsize = _complete(
+                finish, seq, packets, nspan = _complete(
                     i, now, finish, seq, packets, nspan, fmsg, fphase, fpos, route_ptr, route_items, nbytes, src, step,
                     bw, lat, delay, waiting, dep_ptr, dep_items, step_ptr, step_items, next_step, step_left,
-                    packet_bytes, cut_through, lockstep, record, free, lbytes, lbusy, heap, hsize, left, spans)
+                    packet_bytes, cut_through, lockstep, record, free, lbytes, lbusy, heap, left, spans)
             continue
         link = route_items[a + hop]
         start = max(now, free[link])
@@ -125,7 +120,6 @@ def run(route_ptr, route_items, nbytes, src, step, bw, lat, delay, waiting, dep_
             spans[nspan, 2] = done
             nspan += 1
         heapq.heappush(heap, (arrive, seq, i, hop + 1, pk, done + lat[link]))
-        hsize += 1
         seq += 1
     return finish, packets, events, lbytes, lbusy, spans[:nspan]
 
@@ -133,7 +127,7 @@ def run(route_ptr, route_items, nbytes, src, step, bw, lat, delay, waiting, dep_
 @njit(cache=True)
 def _complete(i0, now, finish, seq, packets, nspan, fmsg, fphase, fpos, route_ptr, route_items, nbytes, src, step,
               bw, lat, delay, waiting, dep_ptr, dep_items, step_ptr, step_items, next_step, step_left, packet_bytes,
-              cut_through, lockstep, record, free, lbytes, lbusy, heap, hsize, left, spans):
+              cut_through, lockstep, record, free, lbytes, lbusy, heap, left, spans):
     """Message i0 is delivered at `now`: release its dependents, then (lockstep) the next
     step when i0 was its step's last; a released message with nothing to send completes
     at once, depth first, as the Python loop's recursion does."""
@@ -167,16 +161,15 @@ def _complete(i0, now, finish, seq, packets, nspan, fmsg, fphase, fpos, route_pt
         waiting[j] -= 1
         if waiting[j] != 0:
             continue
-        heap, hsize, seq, added, nspan = _inject(j, now, nbytes[j], route_ptr, route_items, src, delay, free, bw, lat,
-                                                 lbytes, lbusy, heap, hsize, seq, packet_bytes, cut_through, left, spans,
-                                                 nspan, record)
+        seq, added, nspan = _inject(j, now, nbytes[j], route_ptr, route_items, src, delay, free, bw, lat, lbytes, lbusy,
+                                    heap, seq, packet_bytes, cut_through, left, spans, nspan, record)
         if added >= 0:
             packets += added
         else:  # nothing to send: complete j now, before the next of i's
             top += 1
             fmsg[top], fphase[top], fpos[top] = j, 0, 0
             finish = max(finish, now)
-    return finish, seq, packets, nspan, heap, hsize
+    return finish, seq, packets, nspan
 
 
 @njit(cache=True)
@@ -219,10 +212,3 @@ def dependencies(src, dst, step, lo, hi, nodes, chunks):
         ptr[i + 1] = n
     return ptr, items[:n].copy()
 
-
-def csr(lists) -> tuple[np.ndarray, np.ndarray]:
-    """(ptr, items) of a list of int lists."""
-    ptr = np.zeros(len(lists) + 1, dtype=np.int64)
-    np.cumsum([len(x) for x in lists], out=ptr[1:])
-    items = np.fromiter((v for x in lists for v in x), dtype=np.int64, count=int(ptr[-1]))
-    return ptr, items

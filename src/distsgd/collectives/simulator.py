@@ -293,6 +293,13 @@ def _compiled_core():
     return _packet_core
 
 
+def _offsets(counts: np.ndarray) -> np.ndarray:
+    """CSR offsets ptr [len + 1] of rows with `counts` items: row i is items[ptr[i]:ptr[i+1]]."""
+    ptr = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=ptr[1:])
+    return ptr
+
+
 def flat_ordering(schedule: Schedule, net: Interconnect, lockstep: bool, core) -> dict:
     """`message_routes` and `ordering` as flat arrays, built by numpy and the compiled
     dependency scan instead of Python loops (the same contents, tested through both
@@ -307,20 +314,17 @@ def flat_ordering(schedule: Schedule, net: Interconnect, lockstep: bool, core) -
     wait = np.diff(wait_ptr)
     waiter = np.repeat(np.arange(m, dtype=np.int64), wait)
     by_dep = np.argsort(wait_items, kind="stable")  # dependents of j, ascending as ordering() lists them
-    dep_ptr = np.zeros(m + 1, dtype=np.int64)
-    np.cumsum(np.bincount(wait_items, minlength=m), out=dep_ptr[1:])
     steps, step = np.unique(raw_step, return_inverse=True)
     step = step.astype(np.int64).reshape(-1)
     left = np.bincount(step, minlength=len(steps)).astype(np.int64)
-    step_ptr = np.zeros(len(steps) + 1, dtype=np.int64)
-    np.cumsum(left, out=step_ptr[1:])
     k = np.arange(len(steps), dtype=np.int64)
     wait = wait.astype(np.int64)
     if lockstep:
         wait += step > 0  # the barrier of the step before
-    return {"src": src, "route_ptr": route_ptr, "route_items": route_items, "waiting": wait, "dep_ptr": dep_ptr,
-            "dep_items": waiter[by_dep], "steps": steps, "step": step, "step_ptr": step_ptr,
-            "step_items": np.argsort(step, kind="stable").astype(np.int64), "next_step": np.where(k + 1 < len(steps), k + 1, -1),
+    return {"src": src, "route_ptr": route_ptr, "route_items": route_items, "waiting": wait,
+            "dep_ptr": _offsets(np.bincount(wait_items, minlength=m)),
+            "dep_items": waiter[by_dep], "steps": steps, "step": step, "step_ptr": _offsets(left),
+            "step_items": np.argsort(step, kind="stable").astype(np.int64), "next_step": np.where(k + 1 < len(steps), k + 1, -1).astype(np.int64),
             "step_left": left}
 
 
@@ -365,7 +369,7 @@ def _simulate_compiled(core, schedule, net, size_bytes, packet_bytes, cut_throug
         nspans = int((((hops > 0) & (nbytes > 0)) * (1 + count * np.maximum(hops - 1, 0))).sum())
     finish, packets, events, lbytes, lbusy, spans = core.run(
         route_ptr, f["route_items"], nbytes, f["src"], f["step"], bw, lat, delay, wait, f["dep_ptr"], f["dep_items"],
-        f["step_ptr"], f["step_items"], f["next_step"].astype(np.int64), f["step_left"], float(packet_bytes),
+        f["step_ptr"], f["step_items"], f["next_step"], f["step_left"], float(packet_bytes),
         bool(cut_through), bool(lockstep), timeline > 0, nspans,
     )
     if (wait > 0).any():
@@ -380,17 +384,14 @@ def _route_arrays(schedule, net, step, src, dst) -> tuple[np.ndarray, np.ndarray
     """`message_routes` as CSR (ptr, items), vectorized: each (src, dst) pair's route once,
     then the first and last link turned round-robin over the node's interfaces in step
     order."""
-    m = len(src)
     pairs, pair_of = np.unique(src * net.n + dst, return_inverse=True)
     pair_of = pair_of.reshape(-1)
     base = [net.route(int(p // net.n), int(p % net.n)) for p in pairs]
     blen = np.array([len(r) for r in base], dtype=np.int64)
-    bptr = np.zeros(len(base) + 1, dtype=np.int64)
-    np.cumsum(blen, out=bptr[1:])
+    bptr = _offsets(blen)
     bitems = np.fromiter((v for r in base for v in r), dtype=np.int64, count=int(bptr[-1]))
     length = blen[pair_of]
-    ptr = np.zeros(m + 1, dtype=np.int64)
-    np.cumsum(length, out=ptr[1:])
+    ptr = _offsets(length)
     offset = np.arange(int(ptr[-1]), dtype=np.int64) - np.repeat(ptr[:-1], length)
     items = bitems[np.repeat(bptr[pair_of], length) + offset]
     routed = length > 0

@@ -166,14 +166,20 @@ class Accountant:
         return cls(state["accountant"], state["sampling"], state["dataset_size"], [tuple(h) for h in state["history"]])
 
 
+def _uniform_event(noise_multiplier: float, batch: int, dataset_size: int):
+    """One step: a batch of `batch` of `dataset_size` records drawn without replacement,
+    the Gaussian mechanism on the sum (noise σC over a replace-one sensitivity of 2C: multiplier σ/2)."""
+    import dp_accounting as dpa
+
+    return dpa.SampledWithoutReplacementDpEvent(dataset_size, batch, dpa.GaussianDpEvent(noise_multiplier / 2))
+
+
 def _uniform_events(history, dataset_size: int):
     import dp_accounting as dpa
 
-    events = []
-    for s, q, t in history:
-        event = dpa.SampledWithoutReplacementDpEvent(dataset_size, _batch(q, dataset_size), dpa.GaussianDpEvent(s / 2))
-        events.append(dpa.SelfComposedDpEvent(event, t))
-    return dpa.ComposedDpEvent(events)
+    return dpa.ComposedDpEvent(
+        [dpa.SelfComposedDpEvent(_uniform_event(s, _batch(q, dataset_size), dataset_size), t) for s, q, t in history]
+    )
 
 
 def _replace_one_accountant():
@@ -187,10 +193,8 @@ def _uniform_rdp_once(noise_multiplier: float, batch: int, dataset_size: int):
     """(orders, RDP of one step) of the library's accountant for one sampled-without-
     replacement Gaussian step, or None where the library keeps them elsewhere. Computing
     them is the costly part (about 0.1 s), and they do not change from step to step."""
-    import dp_accounting as dpa
-
     acc = _replace_one_accountant()
-    acc.compose(dpa.SampledWithoutReplacementDpEvent(dataset_size, batch, dpa.GaussianDpEvent(noise_multiplier / 2)))
+    acc.compose(_uniform_event(noise_multiplier, batch, dataset_size))
     orders, rdp = getattr(acc, "_orders", None), getattr(acc, "_rdp", None)
     return None if orders is None or rdp is None else (np.array(orders), np.array(rdp))
 
