@@ -13,8 +13,12 @@ node's delay) is as in the packet model.
 What it leaves out: a packet's store-and-forward per hop (packet/bandwidth per link,
 which the packet model charges and cut-through does not) and FIFO order on a shared link
 (fair sharing finishes competing messages together, FIFO one after the other). On
-bandwidth-bound runs it agrees with the cut-through packet model; the tests and
-`benchmarks/collectives_flow.py` measure by how much.
+bandwidth-bound runs it agrees with the cut-through packet model; tests/test_collectives_flow.py
+and `benchmarks/simulator_speed.py` measure by how much.
+
+Large runs take the same loop compiled with numba (`_flow_core`), which gives identical
+results; where every link in use has one flow (a contention-free step) each flow's max-min
+rate is its slowest link's capacity, which that loop takes without the filling.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import numpy as np
 
 from .interconnect import Interconnect
 from .schedules import Schedule
-from .simulator import SimResult, node_delays, routes_and_ordering
+from .simulator import SimResult, flat_ordering, node_delays, routes_and_ordering
+from .simulator import _compiled_core as _packet_core
 
 
 def max_min_rates(flows: dict[int, list[int]], capacity: list[float]) -> dict[int, float]:
@@ -67,6 +72,9 @@ def max_min_rates(flows: dict[int, list[int]], capacity: list[float]) -> dict[in
     return rate
 
 
+COMPILED_FROM = 40_000  # messages: above this, `simulate_flows(engine="auto")` runs the compiled loop
+
+
 def simulate_flows(
     schedule: Schedule,
     net: Interconnect,
@@ -74,9 +82,24 @@ def simulate_flows(
     lockstep: bool = True,
     delays=None,
     timeline: int = 0,
+    engine: str = "auto",
 ) -> SimResult:
     """The schedule's time with messages as max-min fair flows (see the module docstring).
-    `events` counts flow starts, transfer ends and deliveries; `packets` is 0."""
+    `events` counts flow starts, transfer ends and deliveries; `packets` is 0. `engine`:
+    "compiled" runs the loop compiled with numba (`_flow_core`), "python" the loop below;
+    both do the same arithmetic in the same order and give identical results; "auto" takes
+    the compiled one for schedules of more than COMPILED_FROM messages where numba imports
+    (smaller ones finish in Python before numba has loaded its compiled code)."""
+    if engine not in ("auto", "compiled", "python"):
+        raise ValueError(f"engine must be auto, compiled or python, got {engine!r}")
+    if engine == "auto" and len(schedule.messages) <= COMPILED_FROM:
+        engine = "python"
+    if engine != "python":
+        core = _compiled_core()
+        if core is not None:
+            return _simulate_flows_compiled(core, schedule, net, size_bytes, lockstep, delays, timeline)
+        if engine == "compiled":
+            raise RuntimeError("engine='compiled' needs numba, which does not import here")
     t_wall = time.perf_counter()
     delay = node_delays(net, delays)
     msgs = schedule.messages
@@ -88,7 +111,7 @@ def simulate_flows(
     nlinks = len(net.links)
     lbytes = [0.0] * nlinks
     lbusy = [0.0] * nlinks
-    segments: list[tuple[float, float, dict]] | None = [] if timeline > 0 else None
+    segments: list[tuple[float, float, int, float]] | None = [] if timeline > 0 else None
     active: dict[int, float] = {}  # message -> bytes not yet sent
     rate: dict[int, float] = {}
     heap: list = []  # (time, seq, kind, message): kind 0 may start (its node's delay is over), 1 delivered
@@ -157,9 +180,10 @@ def simulate_flows(
                 for link in routes[i]:
                     used[link] = used.get(link, 0.0) + rate[i]
             for link, r in used.items():
-                lbusy[link] += min(1.0, r / cap[link]) * dt
-            if segments is not None:
-                segments.append((now, t, used))
+                u = min(1.0, r / cap[link])
+                lbusy[link] += u * dt
+                if segments is not None:
+                    segments.append((now, t, link, u))
         now = t
         if t_end <= t_event:
             tol = 1e-12 * max(t_end, 1e-12)
@@ -177,23 +201,53 @@ def simulate_flows(
                 complete(i, now)
     if any(w > 0 for w in waiting):
         raise RuntimeError("schedule has a dependency cycle: some messages never started")
-    tl = _timeline(segments, cap, timeline, finish) if segments is not None else None
+    tl = _timeline(segments, nlinks, timeline, finish) if segments is not None else None
     return SimResult(finish, len(msgs), 0, events, time.perf_counter() - t_wall, np.array(lbytes),
                      np.array(lbusy), tl)
 
 
-def _timeline(segments, cap: list[float], bins: int, finish: float) -> np.ndarray:
-    """Utilization of each link in each of `bins` equal intervals of [0, finish]."""
-    out = np.zeros((len(cap), bins))
+def _compiled_core():
+    """The numba flow loop (`_flow_core`), or None where numba does not import."""
+    try:
+        from . import _flow_core
+    except ImportError:
+        return None
+    return _flow_core
+
+
+def _simulate_flows_compiled(core, schedule, net, size_bytes, lockstep, delays, timeline) -> SimResult:
+    """`simulate_flows` with the compiled loop: the same inputs, flattened to arrays."""
+    t_wall = time.perf_counter()
+    delay = np.array(node_delays(net, delays), dtype=np.float64)
+    f = flat_ordering(schedule, net, lockstep, _packet_core())
+    nbytes = np.ascontiguousarray(schedule.message_bytes(size_bytes, f["fields"]), dtype=np.float64)
+    cap = np.array([lk[2] for lk in net.links], dtype=np.float64)
+    lat = np.array([lk[3] for lk in net.links], dtype=np.float64)
+    route_ptr, route_items, wait = f["route_ptr"], f["route_items"], f["waiting"]
+    finish, events, lbytes, lbusy, segs = core.run(
+        route_ptr, route_items, nbytes, f["src"], f["step"], cap, lat, delay, wait, f["dep_ptr"], f["dep_items"],
+        f["step_ptr"], f["step_items"], f["next_step"], f["step_left"], bool(lockstep), timeline > 0)
+    if (wait > 0).any():
+        raise RuntimeError("schedule has a dependency cycle: some messages never started")
+    tl = None
+    if timeline > 0:
+        tl = _timeline([(a, b, int(k), u) for a, b, k, u in segs.tolist()], len(cap), timeline, float(finish))
+    return SimResult(float(finish), len(schedule.messages), 0, int(events), time.perf_counter() - t_wall, lbytes, lbusy,
+                     tl)
+
+
+def _timeline(segments, links: int, bins: int, finish: float) -> np.ndarray:
+    """Utilization of each link in each of `bins` equal intervals of [0, finish], from
+    segments (start, end, link, busy fraction)."""
+    out = np.zeros((links, bins))
     if finish <= 0 or not segments:
         return out
     width = finish / bins
-    for a, b, used in segments:
+    for a, b, link, u in segments:
         k = min(int(a / width), bins - 1)
         while a < b and k < bins:
             end = min(b, (k + 1) * width)
-            for link, r in used.items():
-                out[link, k] += min(1.0, r / cap[link]) * (end - a)
+            out[link, k] += u * (end - a)
             a = end
             k += 1
     return np.clip(out / width, 0.0, 1.0)

@@ -305,9 +305,8 @@ def flat_ordering(schedule: Schedule, net: Interconnect, lockstep: bool, core) -
     dependency scan instead of Python loops (the same contents, tested through both
     simulators): routes and dependents in CSR form, waiting counts, dense step ids, each
     step's messages (CSR), the next step (-1: none) and messages per step."""
-    msgs = schedule.messages
-    m = len(msgs)
-    fields = np.array([(x.step, x.src, x.dst, x.lo, x.hi) for x in msgs], dtype=np.int64).reshape(m, 5)
+    fields = schedule.fields()
+    m = len(fields)
     raw_step, src, dst, lo, hi = (np.ascontiguousarray(fields[:, k]) for k in range(5))
     route_ptr, route_items = _route_arrays(schedule, net, raw_step, src, dst)
     wait_ptr, wait_items = core.dependencies(src, dst, raw_step, lo, hi, net.n, max(schedule.chunks, int(hi.max(initial=0))))
@@ -321,7 +320,7 @@ def flat_ordering(schedule: Schedule, net: Interconnect, lockstep: bool, core) -
     wait = wait.astype(np.int64)
     if lockstep:
         wait += step > 0  # the barrier of the step before
-    return {"src": src, "route_ptr": route_ptr, "route_items": route_items, "waiting": wait,
+    return {"fields": fields, "src": src, "route_ptr": route_ptr, "route_items": route_items, "waiting": wait,
             "dep_ptr": _offsets(np.bincount(wait_items, minlength=m)),
             "dep_items": waiter[by_dep], "steps": steps, "step": step, "step_ptr": _offsets(left),
             "step_items": np.argsort(step, kind="stable").astype(np.int64), "next_step": np.where(k + 1 < len(steps), k + 1, -1).astype(np.int64),
@@ -357,10 +356,10 @@ def _simulate_compiled(core, schedule, net, size_bytes, packet_bytes, cut_throug
     t_wall = time.perf_counter()
     delay = np.array(node_delays(net, delays), dtype=np.float64)
     msgs = schedule.messages
-    nbytes = np.asarray(schedule.message_bytes(size_bytes), dtype=np.float64).reshape(-1)
+    f = flat_ordering(schedule, net, lockstep, core)
+    nbytes = np.ascontiguousarray(schedule.message_bytes(size_bytes, f["fields"]), dtype=np.float64)
     bw = np.array([lk[2] for lk in net.links], dtype=np.float64)
     lat = np.array([lk[3] for lk in net.links], dtype=np.float64)
-    f = flat_ordering(schedule, net, lockstep, core)
     route_ptr, wait = f["route_ptr"], f["waiting"]
     nspans = 0
     if timeline > 0:  # one span per message on its first link, one per packet on each later link
