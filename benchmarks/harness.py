@@ -248,7 +248,8 @@ def final(measure: Callable[[int], float | None], seeds: tuple = FINAL_SEEDS, *,
 def interleave(fns: dict[str, Callable[[], None]], baseline: str, *, rounds: int = 15, calls: int = 1,
                warmup: int = 2) -> dict:
     """Seconds per call of each function, measured round by round with the order rotating,
-    and per contender the median and quartiles of its per-round ratio to the baseline."""
+    and per contender the median and quartiles of its per-round ratio to the baseline (the
+    per-round seconds and ratios too)."""
     names = list(fns)
     for _ in range(warmup):
         for n in names:
@@ -265,7 +266,8 @@ def interleave(fns: dict[str, Callable[[], None]], baseline: str, *, rounds: int
     for n in names:
         s = spread([a / b for a, b in zip(times[n], times[baseline], strict=True)])
         out[n] = {"seconds_median": statistics.median(times[n]), "ratio_median": s["median"],
-                  "ratio_q25": s["q25"], "ratio_q75": s["q75"], "rounds": rounds}
+                  "ratio_q25": s["q25"], "ratio_q75": s["q75"], "rounds": rounds, "seconds": times[n],
+                  "ratios": [a / b for a, b in zip(times[n], times[baseline], strict=True)]}
     return out
 
 

@@ -9,7 +9,8 @@ moved beyond its spread. A figure measured once (no spread) must come back equal
 
     python benchmarks/reproduce.py --check [--only NAME ...] [--list]
 
-Prints a table per benchmark and writes benchmarks/results/reproduce.json. With --check
+Prints a table per benchmark and writes benchmarks/results/reproduce.json (the rechecks of
+the scripts not rerun stay there, each with its date and machine). With --check
 the exit code is 1 when a figure moved (a recheck that fails is reported and counts too).
 """
 
@@ -26,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
-from _common import RESULTS, write_result  # noqa: E402
+from _common import RESULTS, machine, write_result  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 # results JSON -> the script that writes it (most are NAME.json from NAME.py)
@@ -82,9 +83,11 @@ def recheck(script: str, names: list[str], timeout: float) -> dict:
         seconds = time.time() - t0
         if proc.returncode != 0 or not path.exists():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            return {"script": script, "error": f"exit {proc.returncode}: {tail[0]}", "seconds": seconds}
+            return {"script": script, "error": f"exit {proc.returncode}: {tail[0]}", "seconds": seconds,
+                    "date": time.strftime("%Y-%m-%d"), "machine": machine()}
         fresh = json.loads(path.read_text())["figures"]
-    out = {"script": script, "seconds": seconds, "benchmarks": {}}
+    out = {"script": script, "seconds": seconds, "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+           "benchmarks": {}}
     for name in names:
         committed = json.loads((RESULTS / f"{name}.json").read_text())["figures"]
         out["benchmarks"][name] = compare(committed, fresh.get(name, fresh) if len(names) > 1 else fresh)
@@ -136,9 +139,27 @@ def main(argv=None) -> int:
                       f"fresh {show(row['fresh'])}: {row['verdict']}")
                 moved += row["verdict"].startswith("moved")
         print(f"   ({r['seconds']:.0f} s)")
-    write_result("reproduce", {"rechecks": results, "moved": moved})
+    # the rechecks of scripts not rerun this time stay in the results, each with its date and machine
+    done = {r["script"] for r in results}
+    kept = [r for r in previous_rechecks() if r["script"] not in done]
+    write_result("reproduce", {"rechecks": kept + results, "moved": moved + sum(map(moved_in, kept))})
     print(f"{moved} figure(s) moved beyond their spread" if moved else "every figure holds within its spread")
     return 1 if (a.check and moved) else 0
+
+
+def previous_rechecks() -> list[dict]:
+    """The rechecks in the committed reproduce.json (none when it is missing or unreadable)."""
+    try:
+        return list(json.loads((RESULTS / "reproduce.json").read_text()).get("rechecks", []))
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+def moved_in(r: dict) -> int:
+    """Figures of one recheck that moved beyond their spread (a failed recheck counts one)."""
+    if "error" in r:
+        return 1
+    return sum(row["verdict"].startswith("moved") for rows in r["benchmarks"].values() for row in rows)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,11 @@ def measure(n: int, algorithm: str, rounds: int, python: bool, packet: float | N
         assert last["flow_python"].seconds == last["flow"].seconds, "the compiled flow loop must equal the Python loop"
         row["flow_compiled_speedup"] = times["flow_python"]["seconds_median"] / times["flow"]["seconds_median"]
     f = times["flow"]
+    events = last["packet"].events
+    row["per_round"] = {"packet_events_per_second": [events / t for t in times["packet"]["seconds"]],
+                        "flow_speedup_vs_packet": [1 / r for r in f["ratios"]]}
+    if python:
+        row["per_round"]["compiled_speedup"] = times["packet_python"]["ratios"]
     row["flow_speedup_vs_packet"] = 1 / f["ratio_median"]  # per-round packet / flow
     row["flow_speedup_spread"] = [1 / f["ratio_q75"], 1 / f["ratio_q25"]]
     row["flow_error_vs_packet"] = row["flow"]["simulated_us"] / row["packet"]["simulated_us"] - 1
@@ -119,20 +124,27 @@ def main() -> None:
               f"({r['packet']['events_per_second'] / 1e6:.2f} "
               f"M ev/s){extra}; flow {r['flow']['wall_seconds']:.2f} s, {r['flow_speedup_vs_packet']:.1f}× faster, "
               f"{100 * r['flow_error_vs_packet']:+.2f}%", flush=True)
-    figures = {
+    summary = {  # over the rows of this run's plan
         "packet_events_per_second": harness.stats([r["packet"]["events_per_second"] for r in rows]),
         "compiled_speedup": harness.stats([r["compiled_speedup"] for r in rows if "compiled_speedup" in r]),
         "flow_speedup_vs_packet": harness.stats([r["flow_speedup_vs_packet"] for r in rows]),
         "flow_compiled_speedup": harness.stats([r["flow_compiled_speedup"] for r in rows if "flow_compiled_speedup" in r]),
         "flow_abs_error_vs_packet_pct": harness.stats([100 * abs(r["flow_error_vs_packet"]) for r in rows]),
     }
+    figures = {}  # per row, so that a recheck (the quick plan) compares like with like
+    for r in rows:
+        tag = f"{r['n']}_{r['algorithm']}_{r['packet_bytes'] / 1024:.0f}KiB"
+        for k, values in r["per_round"].items():
+            figures[f"{k}_{tag}"] = harness.stats(values)
+        figures[f"flow_error_vs_packet_pct_{tag}"] = harness.stats([100 * r["flow_error_vs_packet"]])
     if a.recheck:
         harness.write_recheck(a.recheck, {k: v["mean"] for k, v in figures.items()})
         return
     if a.quick:  # a smoke run: the committed results stay
         print(markdown(rows, load))
         return
-    payload = {"size": SIZE, "first_load_seconds": load, "rows": rows, "figures": figures, "wall_seconds": time.time() - t0}
+    payload = {"size": SIZE, "first_load_seconds": load, "rows": rows, "summary": summary, "figures": figures,
+               "wall_seconds": time.time() - t0}
     print(write_result("simulator_speed", payload))
     write_text(RESULTS / "simulator_speed.md", markdown(rows, load))
 
