@@ -180,6 +180,52 @@ def resume(rank, world, rdzv, phase, ckpt_dir, data, out_path):
         _leave()
 
 
+OVERLAP_STEPS = 6
+
+
+def overlap(rank, world, rdzv, data, out_path):
+    """AllReduce-SGD with the all-reduce overlapping the backward pass (buckets of about
+    1 KiB: two for Net) against reducing in step(): plain steps, two backward passes per step, the
+    user clearing .grad through the model, a parameter without gradient, a model wrapped
+    twice. Rank 0 saves
+    {case: (params [world, d] with overlap, traffic with, params without, traffic without)}."""
+    _init(rank, world, rdzv)
+    try:
+        train = torch.utils.data.TensorDataset(*data)
+        shards = distsgd.partition(train, world, PARTITION, seed=SEED, batch_size=B)
+        out = {}
+        for case in ("plain", "accumulate", "model_clears", "unused", "rewrapped"):
+            got = []
+            for on in (True, False):
+                torch.manual_seed(0)
+                model = Partly() if case == "unused" else Net()
+                first = None
+                if case == "rewrapped":  # a wrapper made before on the same model must not act
+                    first = distsgd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=1.0), model, seed=SEED)
+                opt = distsgd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), model,
+                                                   seed=SEED, overlap=on, bucket_cap_mb=0.001)
+                assert (opt.buckets is not None) == on
+                assert first is None or first.buckets.handles == []  # its hooks are off the parameters
+                assert not on or len(opt.buckets.bounds) == 2  # the head, then the rest
+                for xb, yb in loader(train, shards, rank, OVERLAP_STEPS):
+                    if case == "model_clears":
+                        model.zero_grad(set_to_none=True)
+                    else:
+                        opt.zero_grad()
+                    half = B // 2
+                    parts = [(xb[:half], yb[:half]), (xb[half:], yb[half:])] if case == "accumulate" else [(xb, yb)]
+                    for x, y in parts:
+                        F.cross_entropy(model(x), y).backward()
+                    assert not on or opt.buckets.reduced  # the mean is in .grad before step()
+                    opt.step()
+                got += [gather(flat_params(model)), opt.comm.traffic.summary()]
+            out[case] = tuple(got)
+        if rank == 0:
+            torch.save(out, out_path)
+    finally:
+        _leave()
+
+
 class Partly(nn.Module):
     """A frozen layer, a trainable head and a parameter the forward never uses."""
 
@@ -280,6 +326,10 @@ def semantics(rank: int, world: int, train) -> dict:
         "adam": _error(wrap(opt_factory=lambda m: torch.optim.Adam(m.parameters(), lr=1e-3))),
         "unknown": _error(wrap(algorithm="no_such_algorithm")),
         "bad_option": _error(wrap(algorithm={"name": "choco_sgd", "gamma": "x"})),
+        "overlap_gossip": _error(lambda: distsgd.DistributedOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), net,
+                                                                      algorithm="dpsgd", overlap=True)),
+        "bucket_cap": _error(lambda: distsgd.DistributedOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), net,
+                                                                  bucket_cap_mb=0)),
         "no_trainable": _error(
             lambda: distsgd.DistributedOptimizer(torch.optim.SGD(frozen.parameters(), lr=0.1), frozen)
         ),

@@ -107,6 +107,23 @@ def run_dropin(tmp_path_factory, steps: int) -> dict:
     return torch.load(out, weights_only=False)
 
 
+def test_the_all_reduce_overlapping_the_backward_pass_equals_reducing_in_step(tmp_path):
+    """DDP's overlap (small buckets here) gives the parameters of reducing the whole
+    gradient in step(), to rounding, and the same counted traffic: plain steps, two backward
+    passes per step, .grad cleared through the model, a parameter with no gradient, a model
+    wrapped twice (only the last wrapper's hooks act)."""
+    from dropin_helpers import overlap
+
+    out = tmp_path / "overlap.pt"
+    mp.spawn(overlap, args=(2, rendezvous(), digits()[0].tensors, str(out)), nprocs=2, join=True)
+    got = torch.load(out, weights_only=False)
+    assert sorted(got) == ["accumulate", "model_clears", "plain", "rewrapped", "unused"]
+    for case, (with_overlap, traffic_with, without, traffic_without) in got.items():
+        assert rel(with_overlap, without) < 1e-6, case
+        assert torch.equal(with_overlap[0], with_overlap[1]), case  # every rank holds the same model
+        assert traffic_with == traffic_without, case
+
+
 @pytest.fixture(scope="module")
 def dropin(tmp_path_factory):
     """One process group of WORLD ranks runs STEPS steps of every algorithm (parameters and
@@ -254,6 +271,8 @@ def test_not_initialized_is_one_clear_error():
         ("unknown", r"unknown algorithm 'no_such_algorithm' \(choose from .*allreduce_sgd.*signum_mv"),
         ("bad_option", r"gamma: .*valid number"),
         ("no_trainable", r"no trainable parameters"),
+        ("overlap_gossip", r"overlap: dpsgd does not start its step with an all-reduce of the gradient"),
+        ("bucket_cap", r"bucket_cap_mb must be a positive number of MiB, got 0"),
     ],
 )
 def test_bad_input_is_one_clear_error(sem, case, pattern):

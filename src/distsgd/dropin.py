@@ -23,6 +23,14 @@ oracle. How it maps onto the user's objects:
   as DDP does, so all workers start from one x₀ (as in the simulation).
 - Buffers (BatchNorm statistics): "average" all-reduces them after every step, "local"
   leaves each rank its own; the default is the algorithm's (as in `distsgd.simulate`).
+- Overlap (AllReduce-SGD, whose step begins with the all-reduce mean of the gradient): as
+  DDP does, the gradient is all-reduced during the backward pass, bucket by bucket (the
+  parameters in reverse order, a first bucket of 1 MiB and then 25 MiB, DDP's defaults) as
+  soon as every gradient of a bucket has been accumulated (`bucket_cap_mb` sets the size),
+  and the backward pass ends with the mean over ranks in the flat gradient; `step()` then
+  applies the update (the traffic counted as one all-reduce). Several backward passes before a step average each pass's
+  gradients, so their sum is still the mean of the ranks' sums. `overlap=False` reduces in
+  `step()` instead.
 - `state_dict()` / `load_state_dict()` carry all algorithm state (error-feedback memory,
   PowerSGD's Q, gossip copies, momentum buffers, random generators), so a checkpoint of
   the model plus this resumes bit for bit.
@@ -31,6 +39,7 @@ oracle. How it maps onto the user's objects:
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 import torch.distributed as dist
@@ -38,6 +47,7 @@ from torch import nn
 
 from .algorithms import ALGORITHMS, bind
 from .api import make_algorithm
+from .comm.base import payload_bytes
 from .comm.network import NetworkModel
 from .errors import UserError
 from .runner import buffer_policy
@@ -79,6 +89,8 @@ class DistributedOptimizer:
         buffers: str | None = None,
         network: NetworkModel | None = None,
         group=None,
+        overlap: bool | None = None,
+        bucket_cap_mb: float = 25.0,
     ):
         if not dist.is_available() or not dist.is_initialized():
             raise UserError(
@@ -134,6 +146,16 @@ class DistributedOptimizer:
         self._initial_lr = self._scaled_at = self._optimizer_lr()
         if self._initial_lr is not None and not self._initial_lr > 0:
             raise UserError(f"the optimizer's lr must be > 0, got {self._initial_lr}")
+        can = bool(getattr(self.algorithm, "gradient_all_reduce", False))
+        if overlap and not can:
+            raise UserError(f"overlap: {self.algorithm.name} does not start its step with an all-reduce of the gradient")
+        if not (isinstance(bucket_cap_mb, int | float) and math.isfinite(bucket_cap_mb) and bucket_cap_mb > 0):
+            raise UserError(f"bucket_cap_mb must be a positive number of MiB, got {bucket_cap_mb!r}")
+        on = (can if overlap is None else overlap) and self.comm.world > 1
+        previous = getattr(model, "_distsgd_buckets", None)
+        if previous is not None:  # the model was wrapped before: only this wrapper's hooks may act
+            previous.remove()
+        self.buckets = model._distsgd_buckets = _Buckets(self, int(bucket_cap_mb * 2**20)) if on else None
         # every worker starts from the same x₀ and buffers (rank 0's), as DDP does
         src = 0 if group is None else dist.get_global_rank(group, 0)
         dist.broadcast(self.x, src, group=group)
@@ -147,11 +169,20 @@ class DistributedOptimizer:
         """Zero the flat gradient (the parameters' .grad stay views of it)."""
         self.grad.zero_()
         self._attach_grads()
+        if self.buckets is not None:
+            self.buckets.reduced = False
 
     @torch.no_grad()
     def step(self, closure=None) -> None:
         loss = closure() if closure is not None else None
-        g = self._gradient()
+        comm = self.comm
+        if self.buckets is not None and self.buckets.reduced:  # averaged during the backward pass
+            self.buckets.reduced = False
+            g = self.grad
+            self._attach_grads()
+            comm = _Reduced(self.comm)
+        else:
+            g = self._gradient()
         calls = 0
 
         def oracle(x: torch.Tensor, rows=None) -> torch.Tensor:
@@ -162,9 +193,12 @@ class DistributedOptimizer:
                     f"{self.algorithm.name} needs more than one gradient per step: it cannot run as a drop-in"
                 )
             self.comm.compute()
+            if comm is not self.comm:  # the all-reduce mean the step asks for has been taken; the
+                comm.mean = g  # step uses the gradient only through it, so no copy is needed
+                return g
             return g.clone()  # the algorithm may keep it (D²'s g_prev); the buffer is reused
 
-        state = self._current().step(self.state, oracle, self.comm)
+        state = self._current().step(self.state, oracle, comm)
         if state["x"] is not self.x:  # the new parameters go into the model's flat storage
             for k, v in state.items():
                 if v is self.x:  # e.g. D²'s x_prev: keep the old parameters it refers to
@@ -255,6 +289,114 @@ class DistributedOptimizer:
         for b in bufs:
             b.copy_(mean[off : off + b.numel()].view_as(b))
             off += b.numel()
+
+
+class _Buckets:
+    """DDP's overlap of the gradient all-reduce with the backward pass, on the flat gradient:
+    buckets are contiguous ranges of it (the parameters in reverse order, 1 MiB for the
+    first bucket, then `cap` bytes: DDP's bucket_cap_mb); a post-accumulate-grad hook counts each bucket's gradients
+    and starts its all-reduce (sum, asynchronous) when the last one is in; a callback at the
+    end of the backward pass starts the buckets whose parameters got no gradient (zero, or
+    what they held), waits for all and divides by the number of ranks."""
+
+    FIRST = 1 << 20  # bytes, DDP's first bucket
+
+    def __init__(self, opt: DistributedOptimizer, cap: int):
+        self.opt = opt
+        self.reduced = False
+        self.works: dict[int, object] = {}
+        flat = opt.flat
+        order = sorted(range(len(flat.names)), key=lambda k: flat.offsets[k], reverse=True)
+        self.bounds: list[tuple[int, int]] = []  # (lo, hi) of each bucket in the flat vector
+        self.members: list[list[str]] = []
+        self.bucket_of: dict[str, int] = {}
+        limit, lo, hi, names = min(self.FIRST, cap), None, None, []
+        for k in order:
+            name, off = flat.names[k], flat.offsets[k]
+            size = math.prod(flat.shapes[k])
+            hi = off + size if hi is None else hi
+            lo = off
+            names.append(name)
+            if (hi - lo) * 4 >= limit:
+                self._close(lo, hi, names)
+                limit, hi, names = cap, None, []
+        if names:
+            self._close(lo, hi, names)
+        self.pending = [len(m) for m in self.members]
+        self.handles = [opt._params[n].register_post_accumulate_grad_hook(self._ready) for n in flat.names]
+        self.name_of = {id(opt._params[n]): n for n in flat.names}
+
+    def remove(self) -> None:
+        """Take the hooks off the parameters (a new wrapper of the same model)."""
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    def _close(self, lo: int, hi: int, names: list[str]) -> None:
+        for n in names:
+            self.bucket_of[n] = len(self.bounds)
+        self.bounds.append((lo, hi))
+        self.members.append(list(names))
+
+    def _ready(self, p: torch.Tensor) -> None:
+        opt = self.opt
+        name = self.name_of[id(p)]
+        view = opt.flat.unflatten(opt.grad[0])[name]
+        if p.grad is not None and p.grad.data_ptr() != view.data_ptr():  # the user cleared .grad
+            view.copy_(p.grad)
+            p.grad = view
+        if not self.works and all(c == len(m) for c, m in zip(self.pending, self.members, strict=True)):
+            torch.autograd.Variable._execution_engine.queue_callback(self._finish)  # the pass's first
+        b = self.bucket_of[name]
+        self.pending[b] -= 1
+        if self.pending[b] == 0:
+            self._start(b)
+
+    def _start(self, b: int) -> None:
+        lo, hi = self.bounds[b]
+        self.works[b] = dist.all_reduce(self.opt.grad[0, lo:hi], op=dist.ReduceOp.SUM, group=self.opt.comm.group,
+                                        async_op=True)
+
+    def _finish(self) -> None:
+        opt = self.opt
+        with torch.no_grad():
+            for b in range(len(self.bounds)):
+                if b not in self.works:  # some parameter of it got no gradient in this pass
+                    views = opt.flat.unflatten(opt.grad[0])
+                    for name in self.members[b]:
+                        g = opt._params[name].grad
+                        if g is None:
+                            views[name].zero_()
+                        elif g.data_ptr() != views[name].data_ptr():
+                            views[name].copy_(g)
+                    self._start(b)
+            for w in self.works.values():
+                w.wait()
+            opt.grad.div_(opt.comm.n)
+        self.works = {}
+        self.pending = [len(m) for m in self.members]
+        self.reduced = True
+
+
+class _Reduced:
+    """The communicator for a step whose gradient was all-reduced during the backward pass:
+    `all_reduce_mean` of that gradient (`mean`) returns it and counts the all-reduce as
+    the communicator would have; everything else goes to the communicator."""
+
+    def __init__(self, comm):
+        self._comm = comm
+        self.mean = None
+
+    def all_reduce_mean(self, x: torch.Tensor) -> torch.Tensor:
+        if x is not self.mean:
+            return self._comm.all_reduce_mean(x)
+        self.mean = None
+        self._comm._record_all_reduce(payload_bytes(x))
+        self._comm._wire_all_reduce(x[0])
+        return x
+
+    def __getattr__(self, name):
+        return getattr(self._comm, name)
 
 
 def _to(v, device):

@@ -23,6 +23,9 @@ class AllReduceSGD:
     """Synchronous data-parallel SGD: every step one all-reduce of the gradients."""
 
     buffer_policy: ClassVar[str] = "average"  # every worker holds the same model
+    # the step's first act is the all-reduce mean of the gradient, and the gradient is used
+    # only through it: the drop-in may reduce it during the backward pass (as DDP does)
+    gradient_all_reduce: ClassVar[bool] = True
 
     lr: StepSize
     momentum: Momentum = 0.0
