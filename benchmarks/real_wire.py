@@ -28,6 +28,7 @@ import math
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -42,6 +43,7 @@ LINKS = ("10Gbit/s", "1Gbit/s", "100Mbit/s")
 TORCH_METHODS = ["ddp", "ddp_fp16", "ddp_powersgd_r1", "ddp_powersgd_r4", "ddp_postlocal_h8"]
 DISTSGD_METHODS = [
     "allreduce_sgd",
+    "allreduce_sgd_no_overlap",
     "local_sgd_h8",
     "dpsgd_ring",
     "choco_top1pct",
@@ -78,9 +80,12 @@ def run_nodes(plan: dict, link: str, timeout: float = 3600) -> dict:
     return out
 
 
-def part_steps(res: dict, quick: bool) -> None:
-    methods = TORCH_METHODS + DISTSGD_METHODS
-    rows = {}
+def part_steps(res: dict, quick: bool, only: list[str] | None = None) -> None:
+    """Every method (or `only` these, measured in one run and replacing their rows; the
+    ratios are then recomputed from rows of different runs where a pair was split)."""
+    methods = only or TORCH_METHODS + DISTSGD_METHODS
+    rows = dict(res.get("steps", {}).get("rows", {})) if only else {}
+    when = time.strftime("%Y-%m-%d %H:%M")
     for link in LINKS:
         out = run_nodes({"mode": "steps", "methods": methods, "warmup": 5, "steps": 5 if quick else 20, "lr": 0.01}, link)
         for name in methods:
@@ -89,6 +94,7 @@ def part_steps(res: dict, quick: bool) -> None:
                 "seconds_per_step": max(r["seconds_per_step_median"] for r in per_rank),
                 "kernel_tx_per_step": statistics.mean(r["kernel_tx_per_step"] for r in per_rank),
                 "kernel_tx_per_step_max": max(r["kernel_tx_per_step"] for r in per_rank),
+                "measured": when,
             }
             if "wire_sent_per_step" in per_rank[0]:
                 row["wire_sent_per_step"] = statistics.mean(r["wire_sent_per_step"] for r in per_rank)
@@ -103,6 +109,8 @@ def part_steps(res: dict, quick: bool) -> None:
         ddp = rows["ddp"][link]["seconds_per_step"]
         ratios[link] = {
             "allreduce_sgd_over_ddp": rows["allreduce_sgd"][link]["seconds_per_step"] / ddp,
+            "allreduce_sgd_no_overlap_over_ddp": rows["allreduce_sgd_no_overlap"][link]["seconds_per_step"] / ddp
+            if "allreduce_sgd_no_overlap" in rows else None,
             "powersgd_r1_over_hook_r1": rows["powersgd_r1"][link]["seconds_per_step"]
             / rows["ddp_powersgd_r1"][link]["seconds_per_step"],
             "powersgd_r4_over_hook_r4": rows["powersgd_r4"][link]["seconds_per_step"]
@@ -224,21 +232,23 @@ def table(res: dict) -> str:
     if "steps" in res:
         rows = res["steps"]["rows"]
         lines += ["## seconds per step (median of the slowest rank) and MB sent per rank per step (kernel / distsgd wire)", ""]
-        lines.append("| method | " + " | ".join(LINKS) + " | kernel MB | wire MB | logical MB/worker |")
-        lines.append("|---" * (len(LINKS) + 4) + "|")
+        lines.append("| method | " + " | ".join(LINKS) + " | kernel MB | wire MB | logical MB/worker | measured |")
+        lines.append("|---" * (len(LINKS) + 5) + "|")
         for name, per in rows.items():
             r = per[LINKS[-1]]
             wire = f"{r['wire_sent_per_step'] / 1e6:.3f}" if "wire_sent_per_step" in r else "—"
             logical = f"{r['logical_sent_per_worker_per_step'] / 1e6:.3f}" if "wire_sent_per_step" in r else "—"
             lines.append(
                 f"| {name} | " + " | ".join(f"{per[lk]['seconds_per_step']:.3f}" for lk in LINKS)
-                + f" | {r['kernel_tx_per_step'] / 1e6:.3f} | {wire} | {logical} |"
+                + f" | {r['kernel_tx_per_step'] / 1e6:.3f} | {wire} | {logical} | {r.get('measured', 'first run')} |"
             )
         lines.append("")
         for link, r in res["steps"]["ratios"].items():
             comp = ", ".join(f"{m} {v:.1f}×" for m, v in r["ddp_over_compressed"].items())
+            no = r.get("allreduce_sgd_no_overlap_over_ddp")
             lines.append(
-                f"- {link}: AllReduce-SGD/DDP {r['allreduce_sgd_over_ddp']:.3f}; PowerSGD/hook r1 "
+                f"- {link}: AllReduce-SGD/DDP {r['allreduce_sgd_over_ddp']:.3f}"
+                + (f" (all-reduce after backward, no overlap: {no:.3f})" if no is not None else "") + "; PowerSGD/hook r1 "
                 f"{r['powersgd_r1_over_hook_r1']:.3f}, r4 {r['powersgd_r4_over_hook_r4']:.3f}; DDP/compressed: {comp}"
             )
         lines.append("")
@@ -323,6 +333,7 @@ def main() -> None:
     ap.add_argument("--parts", default="steps,tune,final,straggler")
     ap.add_argument("--quick", action="store_true", help="a check of the script: fewer steps and seeds")
     ap.add_argument("--out", default="real_wire", help="results name (results/NAME.json)")
+    ap.add_argument("--methods", help="steps part: only these methods (comma-separated), replacing their rows")
     args = ap.parse_args()
     why = netem.available()
     if why:
@@ -343,7 +354,10 @@ def main() -> None:
         elif part == "tune":
             part_tune(res, args.quick, save=save)
         else:
-            {"steps": part_steps, "final": part_final, "compose": part_compose}[part](res, args.quick)
+            if part == "steps":
+                part_steps(res, args.quick, args.methods.split(",") if args.methods else None)
+            else:
+                {"final": part_final, "compose": part_compose}[part](res, args.quick)
             if part == "final":
                 part_compose(res)
         res["links"] = {k: parse_bandwidth(k) for k in LINKS}

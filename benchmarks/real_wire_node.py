@@ -66,6 +66,7 @@ class Mixture:
 
 DISTSGD = {
     "allreduce_sgd": {"name": "allreduce_sgd"},
+    "allreduce_sgd_no_overlap": {"name": "allreduce_sgd"},  # the all-reduce in step(), after backward
     "local_sgd_h8": {"name": "local_sgd", "local_steps": 8},
     "dpsgd_ring": {"name": "dpsgd", "topology": "ring"},
     "choco_top1pct": {"name": "choco_sgd", "topology": "ring", "compressor": "topk:0.01", "gamma": 0.05},
@@ -121,7 +122,8 @@ class Method:
             if name.startswith("powersgd"):
                 spec["start_iter"] = start_iter
             self.net = self.model
-            self.dsgd = DistributedOptimizer(self.opt, self.model, spec, seed=seed)
+            self.dsgd = DistributedOptimizer(self.opt, self.model, spec, seed=seed,
+                                             overlap=False if name.endswith("_no_overlap") else None)
 
     def step(self, x, y, slowdown: float = 1.0) -> None:
         opt = self.dsgd or self.opt

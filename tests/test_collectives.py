@@ -387,3 +387,22 @@ def test_the_flat_set_up_builds_the_python_routes_and_ordering(spec, algorithm, 
             got = simulator.routes_and_ordering(sched, net, lockstep)
             for name, a, b in zip(("routes", "waiting", "dependents", "by_step", "next_step", "step_left"), want, got, strict=True):
                 assert a == b, name
+
+
+def test_an_imported_schedule_is_checked_and_runs():
+    """`from_transfers`: a hand-made all-gather on a ring of 3 (each chunk twice round), and
+    the transfers it refuses."""
+    from distsgd.collectives import from_transfers
+    from distsgd.errors import UserError
+
+    ring = [(0, 0, 1, 0), (0, 1, 2, 1), (0, 2, 0, 2), (1, 1, 2, 0), (1, 2, 0, 1), (1, 0, 1, 2)]
+    sched = from_transfers(3, ring)
+    x = np.arange(6.0).reshape(3, 2)
+    want, mask = expected(sched, x)
+    assert np.array_equal(execute(sched, x)[mask], want[mask]) and sched.collective == "allgather"
+    net = make_interconnect("ring:3", bandwidth=1e9, latency=1e-6)
+    assert simulate(sched, net, 3e3, packet_bytes=1e3).seconds == pytest.approx(2 * (1e-6 + 1e-6))
+    with pytest.raises(UserError, match="node 2 sends chunk 0 before holding it"):
+        from_transfers(3, [(0, 2, 1, 0)])
+    with pytest.raises(UserError, match="bad transfer"):
+        from_transfers(3, [(0, 0, 3, 0)])

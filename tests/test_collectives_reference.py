@@ -18,6 +18,7 @@ forwards it at every hop (k hops: k·(α + S/B)); a link is busy S/B per message
 """
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,43 @@ def test_the_command_line_defaults_to_cut_through(tmp_path):
     default, stored = (json.loads((tmp_path / f).read_text())["rows"][0]["seconds"] for f in ("a.json", "b.json"))
     assert default * 1e9 == pytest.approx(116788, rel=1e-9)  # ASTRA-sim's figure above
     assert stored > default
+
+
+# TACOS (benchmarks/reference/tacos.json): All-Gathers it synthesized, built and run here.
+# Its link model: a chunk takes α + c/B on a link and the link carries one chunk at a time;
+# a node sends and receives on all its links at once. Its results are randomized; each
+# scenario keeps the most frequent time of 200 runs and the synthesized schedule of a run
+# with that time (benchmarks/reference/tacos_schedules.json).
+TACOS = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "reference" / "tacos.json").read_text())
+TACOS_CASES = [(s["topology"], s["dims"], s["size_meaning"], s["size_bytes"], s["chunks_per_npu"], s["tacos_seconds"])
+               for s in TACOS["scenarios"] if s["size_meaning"] == "output_total"]
+
+
+def test_the_tacos_table_is_whole():
+    assert len(TACOS["scenarios"]) == 38 and len(TACOS_CASES) == 20
+    assert {(t, d) for t, d, *_ in TACOS_CASES} == {("ring", "8"), ("ring", "16"), ("mesh2d", "4x4"), ("torus2d", "4x4"),
+                                                    ("torus2d", "8x8")}
+
+
+@pytest.mark.parametrize(("topology", "dims", "meaning", "size", "k", "tacos_s"), TACOS_CASES)
+def test_tacos_all_gathers_take_tacos_time_in_our_simulator(topology, dims, meaning, size, k, tacos_s):
+    """Imported, TACOS's schedule is a complete all-gather, and whole-message packets (its
+    model) on four interfaces per node give its time to rounding."""
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from collectives_fidelity import TACOS_TOPOLOGY, tacos_schedule
+
+    from distsgd.collectives import execute, expected
+
+    sc = next(s for s in TACOS["scenarios"] if (s["topology"], s["dims"], s["size_meaning"], s["size_bytes"],
+                                                 s["chunks_per_npu"]) == (topology, dims, meaning, size, k))
+    sched = tacos_schedule(sc, sc["schedule"])
+    x = np.random.default_rng(0).normal(size=(sc["npus"], 2 * sched.chunks))
+    want, mask = expected(sched, x)
+    assert np.array_equal(execute(sched, x)[mask], want[mask])
+    net = make_interconnect(TACOS_TOPOLOGY[topology].format(**sc), bandwidth=sc["bandwidth_Bps"],
+                            latency=sc["latency_s"], nis=4)
+    res = simulate(sched, net, size, packet_bytes=size)
+    assert res.seconds == pytest.approx(tacos_s, rel=1e-12)
+    assert res.seconds == pytest.approx(sc["steps"] * sc["step_time_s"], rel=1e-12)  # whole steps of α + c/B

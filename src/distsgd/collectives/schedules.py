@@ -96,6 +96,33 @@ class Schedule:
         return (cum[f[:, 4]] - cum[f[:, 3]]) * size
 
 
+def from_transfers(n: int, transfers, chunks_per_node: int = 1, collective: str = "allgather",
+                   algorithm: str = "imported") -> Schedule:
+    """A schedule made elsewhere (a synthesizer such as TACOS, or by hand): `transfers` are
+    (step, src, dst, chunk) with chunk in [0, n·chunks_per_node), node i's own chunks being
+    [i·chunks_per_node, (i+1)·chunks_per_node) as in every all-gather here; each becomes a
+    copy of that chunk from src to dst at that step. Checked: nodes and chunks in range, no
+    transfer out of a node that does not yet hold its chunk (for an all-gather, where that
+    is defined); `execute` and `expected` then say whether it is a complete collective."""
+    chunks = n * chunks_per_node
+    msgs = []
+    for step, src, dst, chunk in sorted(transfers):
+        if not (0 <= src < n and 0 <= dst < n and src != dst and 0 <= chunk < chunks and step >= 0):
+            raise UserError(f"bad transfer (step {step}, {src} -> {dst}, chunk {chunk}) for {n} nodes, {chunks} chunks")
+        msgs.append(Message(int(step), int(src), int(dst), int(chunk), int(chunk) + 1, COPY))
+    if collective == "allgather":
+        held = {(i, c) for i in range(n) for c in range(i * chunks_per_node, (i + 1) * chunks_per_node)}
+        by_step: dict[int, list[Message]] = {}
+        for m in msgs:
+            by_step.setdefault(m.step, []).append(m)
+        for step in sorted(by_step):
+            for m in by_step[step]:
+                if (m.src, m.lo) not in held:
+                    raise UserError(f"transfer at step {step}: node {m.src} sends chunk {m.lo} before holding it")
+            held.update((m.dst, m.lo) for m in by_step[step])
+    return Schedule(algorithm, n, chunks, msgs, collective=collective)
+
+
 def execute(schedule: Schedule, vectors: np.ndarray) -> np.ndarray:
     """Run the schedule on data [n, L] (float64) and return every node's result [n, L]."""
     buf = np.array(vectors, dtype=np.float64, copy=True)
