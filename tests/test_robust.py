@@ -4,7 +4,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import distsgd
@@ -93,6 +93,7 @@ def test_krum_picks_the_vector_in_the_middle_of_the_honest_cluster():
 
 @settings(max_examples=25, deadline=None)
 @given(n=st.integers(3, 12), d=st.integers(1, 30), seed=seeds)
+@example(n=3, d=2, seed=8)
 def test_geometric_median_objective_beats_mean_and_coordinate_median(n, d, seed):
     g = _stack(n, d, seed).double()
 
@@ -100,8 +101,12 @@ def test_geometric_median_objective_beats_mean_and_coordinate_median(n, d, seed)
         return float(torch.linalg.vector_norm(g - v, dim=1).sum())
 
     v = GeometricMedian(ftol=1e-12, max_iter=2000, nu=1e-12).aggregate(g)
-    assert objective(v) <= objective(g.mean(0)) * (1 + 1e-9)
-    assert objective(v) <= objective(CoordinateMedian().aggregate(g)) * (1 + 1e-9)
+    # Where the geometric median is one of the points (3 points with an angle of 120° or more
+    # there), Weiszfeld's iteration creeps towards it sublinearly and stops ~1e-8 above the
+    # optimum; the coordinate median can land on that point exactly (n = 3, d = 2, seed = 8)
+    tol = 1e-6
+    assert objective(v) <= objective(g.mean(0)) * (1 + tol)
+    assert objective(v) <= objective(CoordinateMedian().aggregate(g)) * (1 + tol)
 
 
 def test_geometric_median_equals_the_reference_package():
