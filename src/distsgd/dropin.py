@@ -167,10 +167,10 @@ class DistributedOptimizer:
     # -- the user's loop ---------------------------------------------------------------------
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero the flat gradient (the parameters' .grad stay views of it)."""
+        if self.buckets is not None:
+            self.buckets.reset()
         self.grad.zero_()
         self._attach_grads()
-        if self.buckets is not None:
-            self.buckets.reduced = False
 
     @torch.no_grad()
     def step(self, closure=None) -> None:
@@ -331,6 +331,15 @@ class _Buckets:
         for h in self.handles:
             h.remove()
         self.handles = []
+
+    def reset(self) -> None:
+        """A new accumulation starts: finish what a backward pass that did not complete (an
+        exception in it) left in flight, and count every bucket's gradients afresh."""
+        for w in self.works.values():
+            w.wait()
+        self.works = {}
+        self.pending = [len(m) for m in self.members]
+        self.reduced = False
 
     def _close(self, lo: int, hi: int, names: list[str]) -> None:
         for n in names:
