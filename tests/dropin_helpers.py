@@ -187,18 +187,18 @@ def overlap(rank, world, rdzv, data, out_path):
     """AllReduce-SGD with the all-reduce overlapping the backward pass (buckets of about
     1 KiB: two for Net) against reducing in step(): plain steps, two backward passes per step, the
     user clearing .grad through the model, a parameter without gradient, a model wrapped
-    twice. Rank 0 saves
+    twice, a graph that differs by rank. Rank 0 saves
     {case: (params [world, d] with overlap, traffic with, params without, traffic without)}."""
     _init(rank, world, rdzv)
     try:
         train = torch.utils.data.TensorDataset(*data)
         shards = distsgd.partition(train, world, PARTITION, seed=SEED, batch_size=B)
         out = {}
-        for case in ("plain", "accumulate", "model_clears", "unused", "rewrapped"):
+        for case in ("plain", "accumulate", "model_clears", "unused", "rewrapped", "rank_dependent"):
             got = []
             for on in (True, False):
                 torch.manual_seed(0)
-                model = Partly() if case == "unused" else Net()
+                model = Partly() if case == "unused" else TwoHeads() if case == "rank_dependent" else Net()
                 first = None
                 if case == "rewrapped":  # a wrapper made before on the same model must not act
                     first = distsgd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=1.0), model, seed=SEED)
@@ -206,7 +206,7 @@ def overlap(rank, world, rdzv, data, out_path):
                                                    seed=SEED, overlap=on, bucket_cap_mb=0.001)
                 assert (opt.buckets is not None) == on
                 assert first is None or first.buckets.handles == []  # its hooks are off the parameters
-                assert not on or len(opt.buckets.bounds) == 2  # the head, then the rest
+                assert not on or len(opt.buckets.bounds) == (3 if case == "rank_dependent" else 2)  # heads, then the rest
                 for xb, yb in loader(train, shards, rank, OVERLAP_STEPS):
                     if case == "model_clears":
                         model.zero_grad(set_to_none=True)
@@ -215,7 +215,8 @@ def overlap(rank, world, rdzv, data, out_path):
                     half = B // 2
                     parts = [(xb[:half], yb[:half]), (xb[half:], yb[half:])] if case == "accumulate" else [(xb, yb)]
                     for x, y in parts:
-                        F.cross_entropy(model(x), y).backward()
+                        logits = model(x, head=rank % 2) if case == "rank_dependent" else model(x)
+                        F.cross_entropy(logits, y).backward()
                     assert not on or opt.buckets.reduced  # the mean is in .grad before step()
                     opt.step()
                 got += [gather(flat_params(model)), opt.comm.traffic.summary()]
@@ -224,6 +225,19 @@ def overlap(rank, world, rdzv, data, out_path):
             torch.save(out, out_path)
     finally:
         _leave()
+
+
+class TwoHeads(nn.Module):
+    """A trunk and two heads; each rank trains through one (a graph that differs by rank:
+    its buckets fill in a different order on each)."""
+
+    def __init__(self):
+        super().__init__()
+        self.trunk = nn.Linear(64, 32)
+        self.heads = nn.ModuleList([nn.Linear(32, 10), nn.Linear(32, 10)])
+
+    def forward(self, x, head: int = 0):
+        return self.heads[head](torch.relu(self.trunk(x.flatten(1))))
 
 
 class Partly(nn.Module):

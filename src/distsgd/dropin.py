@@ -294,17 +294,17 @@ class DistributedOptimizer:
 class _Buckets:
     """DDP's overlap of the gradient all-reduce with the backward pass, on the flat gradient:
     buckets are contiguous ranges of it (the parameters in reverse order, 1 MiB for the
-    first bucket, then `cap` bytes: DDP's bucket_cap_mb); a post-accumulate-grad hook counts each bucket's gradients
-    and starts its all-reduce (sum, asynchronous) when the last one is in; a callback at the
-    end of the backward pass starts the buckets whose parameters got no gradient (zero, or
-    what they held), waits for all and divides by the number of ranks."""
+    first bucket, then `cap` bytes: DDP's bucket_cap_mb); a post-accumulate-grad hook counts
+    each bucket's gradients, and buckets start their all-reduce (sum, asynchronous) in
+    bucket order once all their gradients are in; a callback at the end of the backward pass
+    starts the rest (a parameter that got no gradient counts as zero, or what it held),
+    waits for all and divides by the number of ranks."""
 
     FIRST = 1 << 20  # bytes, DDP's first bucket
 
     def __init__(self, opt: DistributedOptimizer, cap: int):
         self.opt = opt
         self.reduced = False
-        self.works: dict[int, object] = {}
         flat = opt.flat
         order = sorted(range(len(flat.names)), key=lambda k: flat.offsets[k], reverse=True)
         self.bounds: list[tuple[int, int]] = []  # (lo, hi) of each bucket in the flat vector
@@ -322,7 +322,7 @@ class _Buckets:
                 limit, hi, names = cap, None, []
         if names:
             self._close(lo, hi, names)
-        self.pending = [len(m) for m in self.members]
+        self._fresh()
         self.handles = [opt._params[n].register_post_accumulate_grad_hook(self._ready) for n in flat.names]
         self.name_of = {id(opt._params[n]): n for n in flat.names}
 
@@ -337,8 +337,7 @@ class _Buckets:
         exception in it) left in flight, and count every bucket's gradients afresh."""
         for w in self.works.values():
             w.wait()
-        self.works = {}
-        self.pending = [len(m) for m in self.members]
+        self._fresh()
         self.reduced = False
 
     def _close(self, lo: int, hi: int, names: list[str]) -> None:
@@ -354,12 +353,15 @@ class _Buckets:
         if p.grad is not None and p.grad.data_ptr() != view.data_ptr():  # the user cleared .grad
             view.copy_(p.grad)
             p.grad = view
-        if not self.works and all(c == len(m) for c, m in zip(self.pending, self.members, strict=True)):
-            torch.autograd.Variable._execution_engine.queue_callback(self._finish)  # the pass's first
-        b = self.bucket_of[name]
-        self.pending[b] -= 1
-        if self.pending[b] == 0:
-            self._start(b)
+        if not self.queued:  # the pass's first gradient: finish the pass when autograd is done
+            torch.autograd.Variable._execution_engine.queue_callback(self._finish)
+            self.queued = True
+        self.pending[self.bucket_of[name]] -= 1
+        # in bucket order, as DDP: every rank must issue its collectives in the same order,
+        # and the order in which buckets fill may differ between ranks (data-dependent graphs)
+        while self.next < len(self.bounds) and self.pending[self.next] == 0:
+            self._start(self.next)
+            self.next += 1
 
     def _start(self, b: int) -> None:
         lo, hi = self.bounds[b]
@@ -369,22 +371,27 @@ class _Buckets:
     def _finish(self) -> None:
         opt = self.opt
         with torch.no_grad():
-            for b in range(len(self.bounds)):
-                if b not in self.works:  # some parameter of it got no gradient in this pass
-                    views = opt.flat.unflatten(opt.grad[0])
+            for b in range(self.next, len(self.bounds)):  # not started: a parameter got no gradient
+                views = opt.flat.unflatten(opt.grad[0])
+                if self.pending[b]:
                     for name in self.members[b]:
                         g = opt._params[name].grad
                         if g is None:
                             views[name].zero_()
                         elif g.data_ptr() != views[name].data_ptr():
                             views[name].copy_(g)
-                    self._start(b)
+                self._start(b)
             for w in self.works.values():
                 w.wait()
             opt.grad.div_(opt.comm.n)
+        self._fresh()
+        self.reduced = True
+
+    def _fresh(self) -> None:
         self.works = {}
         self.pending = [len(m) for m in self.members]
-        self.reduced = True
+        self.next = 0  # the next bucket to start
+        self.queued = False
 
 
 class _Reduced:
