@@ -194,7 +194,8 @@ def overlap(rank, world, rdzv, data, out_path):
         train = torch.utils.data.TensorDataset(*data)
         shards = distsgd.partition(train, world, PARTITION, seed=SEED, batch_size=B)
         out = {}
-        for case in ("plain", "accumulate", "model_clears", "unused", "rewrapped", "rank_dependent"):
+        for case in ("plain", "accumulate", "model_clears", "unused", "rewrapped", "rank_dependent", "closure",
+                     "replaced_grad"):
             got = []
             for on in (True, False):
                 torch.manual_seed(0)
@@ -214,12 +215,18 @@ def overlap(rank, world, rdzv, data, out_path):
                         opt.zero_grad()
                     half = B // 2
                     parts = [(xb[:half], yb[:half]), (xb[half:], yb[half:])] if case == "accumulate" else [(xb, yb)]
+                    if case == "closure":  # as with torch.optim: step(closure) runs forward and backward
+                        opt.step(lambda m=model, x=xb, y=yb: F.cross_entropy(m(x), y).backward())
+                        continue
                     for x, y in parts:
                         logits = model(x, head=rank % 2) if case == "rank_dependent" else model(x)
                         F.cross_entropy(logits, y).backward()
                     assert not on or opt.buckets.reduced  # the mean is in .grad before step()
+                    if case == "replaced_grad":  # code between backward and step assigns .grad
+                        for p in model.parameters():
+                            p.grad = p.grad * 0.5
                     opt.step()
-                got += [gather(flat_params(model)), opt.comm.traffic.summary()]
+                got += [gather(flat_params(model)), (opt.comm.traffic.summary(), opt.comm.wire.summary())]
             out[case] = tuple(got)
         if rank == 0:
             torch.save(out, out_path)

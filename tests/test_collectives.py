@@ -16,7 +16,7 @@ from distsgd.collectives import (
     steps_lower_bound,
 )
 from distsgd.collectives.multitree import ORDERS_DIRECT, ORDERS_SWITCHED, STOPS, grow_trees
-from distsgd.collectives.schedules import torus_hamiltonian_cycles
+from distsgd.collectives.schedules import COPY, Message, Schedule, torus_hamiltonian_cycles
 from distsgd.errors import UserError
 
 SPECS = st.one_of(
@@ -406,3 +406,19 @@ def test_an_imported_schedule_is_checked_and_runs():
         from_transfers(3, [(0, 2, 1, 0)])
     with pytest.raises(UserError, match="bad transfer"):
         from_transfers(3, [(0, 0, 3, 0)])
+
+
+def test_a_message_that_completes_at_once_releases_the_next_one_once():
+    """A message with no bytes (a zero-size chunk) or no route (to itself) completes during
+    the start and releases the messages that wait for it: each is injected once, by both
+    engines (the compiled one sizes its heap by the packets of one injection each)."""
+    net = make_interconnect("ring:4", bandwidth=1e9, latency=1e-6)
+    cases = [
+        Schedule("t", 4, 2, [Message(0, 0, 1, 0, 1, COPY), Message(1, 1, 2, 1, 2, COPY)], fractions=np.array([0.0, 1.0])),
+        Schedule("t", 4, 1, [Message(0, 2, 2, 0, 1, COPY), Message(1, 2, 3, 0, 1, COPY)]),
+    ]
+    for sched in cases:
+        for engine in ("python", "compiled"):
+            res = simulate(sched, net, 4e3, packet_bytes=1e3, engine=engine, timeline=4)
+            assert res.packets == 4, engine
+            assert res.link_bytes.sum() == 4e3 * 3, engine  # one message of 4 kB over 3 links

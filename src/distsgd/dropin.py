@@ -29,8 +29,11 @@ oracle. How it maps onto the user's objects:
   soon as every gradient of a bucket has been accumulated (`bucket_cap_mb` sets the size),
   and the backward pass ends with the mean over ranks in the flat gradient; `step()` then
   applies the update (the traffic counted as one all-reduce). Several backward passes before a step average each pass's
-  gradients, so their sum is still the mean of the ranks' sums. `overlap=False` reduces in
-  `step()` instead.
+  gradients, so their sum is still the mean of the ranks' sums. Code between backward and
+  step sees (and edits) the mean, as with DDP. Buckets start in bucket order on every rank
+  (collectives must be issued in one order). After a backward pass that raised, call
+  `zero_grad()`; with reentrant activation checkpointing use `overlap=False` (the nested
+  passes would reduce twice). `overlap=False` reduces in `step()` instead.
 - `state_dict()` / `load_state_dict()` carry all algorithm state (error-feedback memory,
   PowerSGD's Q, gossip copies, momentum buffers, random generators), so a checkpoint of
   the model plus this resumes bit for bit.
@@ -174,15 +177,15 @@ class DistributedOptimizer:
 
     @torch.no_grad()
     def step(self, closure=None) -> None:
-        loss = closure() if closure is not None else None
+        loss = None
+        if closure is not None:  # as torch.optim: the closure's forward and backward need autograd
+            with torch.enable_grad():
+                loss = closure()
         comm = self.comm
         if self.buckets is not None and self.buckets.reduced:  # averaged during the backward pass
             self.buckets.reduced = False
-            g = self.grad
-            self._attach_grads()
             comm = _Reduced(self.comm)
-        else:
-            g = self._gradient()
+        g = self._gradient()  # .grad replaced after backward (masked, clipped) is what counts
         calls = 0
 
         def oracle(x: torch.Tensor, rows=None) -> torch.Tensor:
@@ -384,6 +387,7 @@ class _Buckets:
             for w in self.works.values():
                 w.wait()
             opt.grad.div_(opt.comm.n)
+        opt.comm._wire_all_reduce(opt.grad[0])  # every pass moves the whole gradient
         self._fresh()
         self.reduced = True
 
@@ -396,8 +400,10 @@ class _Buckets:
 
 class _Reduced:
     """The communicator for a step whose gradient was all-reduced during the backward pass:
-    `all_reduce_mean` of that gradient (`mean`) returns it and counts the all-reduce as
-    the communicator would have; everything else goes to the communicator."""
+    `all_reduce_mean` of that gradient (`mean`) returns it and counts the algorithm's one
+    all-reduce as the communicator would have (the bytes on the wire were counted by each
+    backward pass: k passes before a step move k gradients); everything else goes to the
+    communicator."""
 
     def __init__(self, comm):
         self._comm = comm
@@ -407,8 +413,7 @@ class _Reduced:
         if x is not self.mean:
             return self._comm.all_reduce_mean(x)
         self.mean = None
-        self._comm._record_all_reduce(payload_bytes(x))
-        self._comm._wire_all_reduce(x[0])
+        self._comm._record_all_reduce(payload_bytes(x))  # the wire was counted per backward pass
         return x
 
     def __getattr__(self, name):

@@ -4,7 +4,7 @@ the Python loop in `flow.simulate_flows` (which stays the reference and the fall
 Active flows are kept in the order they began (the Python loop's dict order), every sum
 runs over them in that order, and the max-min rates come from the same progressive
 filling (`max_min`, keyed like `flow.max_min_rates`), so both loops give identical
-results (tests/test_collectives.py checks it). Routes, dependents and steps are in CSR
+results (tests/test_collectives_flow.py checks it). Routes, dependents and steps are in CSR
 form as for the packet core (`simulator.flat_ordering`).
 """
 

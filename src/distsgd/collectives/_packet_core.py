@@ -112,13 +112,14 @@ def run(route_ptr, route_items, nbytes, src, step, bw, lat, delay, waiting, dep_
     packets = 0
     finish = 0.0
     # Frames of the Python loop's recursion: message, phase, position. Phase 2 is the start
-    # (every message that waits for nothing, in index order), 0 a delivered message's
+    # (every message that waits for nothing at the start, in index order), 0 a delivered message's
     # dependents, 1 (lockstep) the next step's messages once its step is done. A released
     # message with nothing to send completes at once: its frame goes on top, depth first.
     fmsg = np.empty(m + 2, dtype=np.int64)
     fphase = np.empty(m + 2, dtype=np.int64)
     fpos = np.empty(m + 2, dtype=np.int64)
     top = 0
+    initial = np.flatnonzero(waiting == 0)  # ready at the start, each injected once
     fmsg[0], fphase[0], fpos[0] = -1, 2, 0
     now = 0.0
     while True:
@@ -126,13 +127,11 @@ def run(route_ptr, route_items, nbytes, src, step, bw, lat, delay, waiting, dep_
             i = fmsg[top]
             phase = fphase[top]
             if phase == 2:
-                if fpos[top] == m:
+                if fpos[top] == len(initial):
                     top -= 1
                     continue
-                j = fpos[top]
+                j = initial[fpos[top]]
                 fpos[top] += 1
-                if waiting[j] != 0:
-                    continue
             else:
                 if phase == 0:
                     k = dep_ptr[i] + fpos[top]

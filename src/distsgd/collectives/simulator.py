@@ -231,9 +231,8 @@ def simulate(
             for j in by_step[next_step[s]]:
                 release(j, now)
 
-    for i in range(len(msgs)):
-        if waiting[i] == 0:
-            inject(i, 0.0)
+    for i in [i for i in range(len(msgs)) if waiting[i] == 0]:  # those ready at the start, once each (a
+        inject(i, 0.0)  # message that completes at once may release later ones: they are injected then)
 
     while heap:
         now, _, i, hop, pk, prev_done = heapq.heappop(heap)
