@@ -130,6 +130,7 @@ class DistributedOptimizer:
         # the model's parameters and gradients become views of two flat vectors
         self.x = self.flat.flatten(model).unsqueeze(0).to(device)
         self.grad = torch.zeros_like(self.x)
+        self._grad_views = self.flat.unflatten(self.grad[0])  # name -> its view of the flat gradient
         self._params = dict(model.named_parameters())
         with torch.no_grad():
             for name, view in self.flat.unflatten(self.x[0]).items():
@@ -264,21 +265,26 @@ class DistributedOptimizer:
         return self.algorithm
 
     def _attach_grads(self) -> None:
-        for name, view in self.flat.unflatten(self.grad[0]).items():
+        for name, view in self._grad_views.items():
             p = self._params[name]
             if p.grad is None or p.grad.data_ptr() != view.data_ptr():
                 p.grad = view
 
-    def _gradient(self) -> torch.Tensor:
-        """This rank's gradient [1, d]: the flat buffer, or gathered when the user replaced
-        the .grad tensors (e.g. model.zero_grad(set_to_none=True)); None counts as zero."""
-        views = self.flat.unflatten(self.grad[0])
-        for name, view in views.items():
-            p = self._params[name]
+    def _gather_grads(self, names) -> None:
+        """Bring these parameters' .grad into the flat gradient: a replaced tensor (e.g. after
+        model.zero_grad(set_to_none=True)) is copied in and the view attached again; None
+        counts as zero (and stays None until `_attach_grads`)."""
+        for name in names:
+            p, view = self._params[name], self._grad_views[name]
             if p.grad is None:
                 view.zero_()
             elif p.grad.data_ptr() != view.data_ptr():
                 view.copy_(p.grad)
+                p.grad = view
+
+    def _gradient(self) -> torch.Tensor:
+        """This rank's gradient [1, d], the flat buffer with every .grad gathered into it."""
+        self._gather_grads(self._grad_views)
         self._attach_grads()
         return self.grad
 
@@ -350,12 +356,8 @@ class _Buckets:
         self.members.append(list(names))
 
     def _ready(self, p: torch.Tensor) -> None:
-        opt = self.opt
         name = self.name_of[id(p)]
-        view = opt.flat.unflatten(opt.grad[0])[name]
-        if p.grad is not None and p.grad.data_ptr() != view.data_ptr():  # the user cleared .grad
-            view.copy_(p.grad)
-            p.grad = view
+        self.opt._gather_grads((name,))  # the user may have cleared .grad before this pass
         if not self.queued:  # the pass's first gradient: finish the pass when autograd is done
             torch.autograd.Variable._execution_engine.queue_callback(self._finish)
             self.queued = True
@@ -375,14 +377,8 @@ class _Buckets:
         opt = self.opt
         with torch.no_grad():
             for b in range(self.next, len(self.bounds)):  # not started: a parameter got no gradient
-                views = opt.flat.unflatten(opt.grad[0])
                 if self.pending[b]:
-                    for name in self.members[b]:
-                        g = opt._params[name].grad
-                        if g is None:
-                            views[name].zero_()
-                        elif g.data_ptr() != views[name].data_ptr():
-                            views[name].copy_(g)
+                    opt._gather_grads(self.members[b])
                 self._start(b)
             for w in self.works.values():
                 w.wait()

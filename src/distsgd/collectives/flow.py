@@ -31,8 +31,7 @@ import numpy as np
 
 from .interconnect import Interconnect
 from .schedules import Schedule
-from .simulator import SimResult, flat_ordering, node_delays, routes_and_ordering
-from .simulator import _compiled_core as _packet_core
+from .simulator import SimResult, compiled_engine, flat_inputs, node_delays, routes_and_ordering
 
 
 def max_min_rates(flows: dict[int, list[int]], capacity: list[float]) -> dict[int, float]:
@@ -90,16 +89,9 @@ def simulate_flows(
     both do the same arithmetic in the same order and give identical results; "auto" takes
     the compiled one for schedules of more than COMPILED_FROM messages where numba imports
     (smaller ones finish in Python before numba has loaded its compiled code)."""
-    if engine not in ("auto", "compiled", "python"):
-        raise ValueError(f"engine must be auto, compiled or python, got {engine!r}")
-    if engine == "auto" and len(schedule.messages) <= COMPILED_FROM:
-        engine = "python"
-    if engine != "python":
-        core = _compiled_core()
-        if core is not None:
-            return _simulate_flows_compiled(core, schedule, net, size_bytes, lockstep, delays, timeline)
-        if engine == "compiled":
-            raise RuntimeError("engine='compiled' needs numba, which does not import here")
+    core = compiled_engine(engine, engine == "auto" and len(schedule.messages) <= COMPILED_FROM, _compiled_core)
+    if core is not None:
+        return _simulate_flows_compiled(core, schedule, net, size_bytes, lockstep, delays, timeline)
     t_wall = time.perf_counter()
     delay = node_delays(net, delays)
     msgs = schedule.messages
@@ -218,11 +210,7 @@ def _compiled_core():
 def _simulate_flows_compiled(core, schedule, net, size_bytes, lockstep, delays, timeline) -> SimResult:
     """`simulate_flows` with the compiled loop: the same inputs, flattened to arrays."""
     t_wall = time.perf_counter()
-    delay = np.array(node_delays(net, delays), dtype=np.float64)
-    f = flat_ordering(schedule, net, lockstep, _packet_core())
-    nbytes = np.ascontiguousarray(schedule.message_bytes(size_bytes, f["fields"]), dtype=np.float64)
-    cap = np.array([lk[2] for lk in net.links], dtype=np.float64)
-    lat = np.array([lk[3] for lk in net.links], dtype=np.float64)
+    f, nbytes, cap, lat, delay = flat_inputs(schedule, net, size_bytes, lockstep, delays)
     route_ptr, route_items, wait = f["route_ptr"], f["route_items"], f["waiting"]
     finish, events, lbytes, lbusy, segs = core.run(
         route_ptr, route_items, nbytes, f["src"], f["step"], cap, lat, delay, wait, f["dep_ptr"], f["dep_items"],

@@ -158,16 +158,10 @@ def simulate(
     where numba imports, and the Python loop for smaller ones, which it finishes before
     numba has loaded its compiled code (about a second; the first use on a machine compiles
     it, about 20 s, and caches it)."""
-    if engine not in ("auto", "compiled", "python"):
-        raise ValueError(f"engine must be auto, compiled or python, got {engine!r}")
-    if engine == "auto" and _estimated_events(schedule, size_bytes, packet_bytes) <= COMPILED_FROM:
-        engine = "python"
-    if engine != "python":
-        core = _compiled_core()
-        if core is not None:
-            return _simulate_compiled(core, schedule, net, size_bytes, packet_bytes, cut_through, lockstep, delays, timeline)
-        if engine == "compiled":
-            raise RuntimeError("engine='compiled' needs numba, which does not import here")
+    small = engine == "auto" and _estimated_events(schedule, size_bytes, packet_bytes) <= COMPILED_FROM
+    core = compiled_engine(engine, small, _compiled_core)
+    if core is not None:
+        return _simulate_compiled(core, schedule, net, size_bytes, packet_bytes, cut_through, lockstep, delays, timeline)
     t_wall = time.perf_counter()
     delay = node_delays(net, delays)
     msgs = schedule.messages
@@ -283,6 +277,29 @@ def _estimated_events(schedule: Schedule, size_bytes: float, packet_bytes: float
     return 3.0 * float(np.maximum(1.0, np.ceil(nbytes / packet_bytes)).sum())
 
 
+def compiled_engine(engine: str, small: bool, load):
+    """The compiled core (`load()`) that `engine` asks for, or None for the Python loop:
+    "python", or "auto" for a `small` run or where numba does not import."""
+    if engine not in ("auto", "compiled", "python"):
+        raise ValueError(f"engine must be auto, compiled or python, got {engine!r}")
+    if engine == "python" or small:
+        return None
+    core = load()
+    if core is None and engine == "compiled":
+        raise RuntimeError("engine='compiled' needs numba, which does not import here")
+    return core
+
+
+def flat_inputs(schedule: Schedule, net: Interconnect, size_bytes: float, lockstep: bool, delays):
+    """What both compiled loops take: (`flat_ordering`, bytes per message, link bandwidths,
+    link latencies, node delays) as arrays."""
+    f = flat_ordering(schedule, net, lockstep, _compiled_core())
+    nbytes = np.ascontiguousarray(schedule.message_bytes(size_bytes, f["fields"]), dtype=np.float64)
+    bw = np.array([lk[2] for lk in net.links], dtype=np.float64)
+    lat = np.array([lk[3] for lk in net.links], dtype=np.float64)
+    return f, nbytes, bw, lat, np.array(node_delays(net, delays), dtype=np.float64)
+
+
 def _compiled_core():
     """The numba event loop (`_packet_core`), or None where numba does not import."""
     try:
@@ -353,12 +370,7 @@ def routes_and_ordering(schedule: Schedule, net: Interconnect, lockstep: bool):
 def _simulate_compiled(core, schedule, net, size_bytes, packet_bytes, cut_through, lockstep, delays, timeline):
     """`simulate` with the compiled event loop: the same inputs, flattened to arrays."""
     t_wall = time.perf_counter()
-    delay = np.array(node_delays(net, delays), dtype=np.float64)
-    msgs = schedule.messages
-    f = flat_ordering(schedule, net, lockstep, core)
-    nbytes = np.ascontiguousarray(schedule.message_bytes(size_bytes, f["fields"]), dtype=np.float64)
-    bw = np.array([lk[2] for lk in net.links], dtype=np.float64)
-    lat = np.array([lk[3] for lk in net.links], dtype=np.float64)
+    f, nbytes, bw, lat, delay = flat_inputs(schedule, net, size_bytes, lockstep, delays)
     route_ptr, wait = f["route_ptr"], f["waiting"]
     nspans = 0
     if timeline > 0:  # one span per message on its first link, one per packet on each later link
@@ -375,7 +387,7 @@ def _simulate_compiled(core, schedule, net, size_bytes, packet_bytes, cut_throug
     tl = None
     if timeline > 0:
         tl = _timeline([(int(k), a, b) for k, a, b in spans.tolist()], len(net.links), timeline, finish)
-    return SimResult(float(finish), len(msgs), int(packets), int(events), time.perf_counter() - t_wall, lbytes, lbusy, tl)
+    return SimResult(float(finish), len(schedule.messages), int(packets), int(events), time.perf_counter() - t_wall, lbytes, lbusy, tl)
 
 
 def _route_arrays(schedule, net, step, src, dst) -> tuple[np.ndarray, np.ndarray]:
